@@ -1,0 +1,272 @@
+"""The command line: `python -m deconv train|evaluate|classify|describe`.
+
+Flags for configs are generated from the config classes, so their names, defaults and ranges
+are the ones the app's sliders show. TensorFlow is imported only by commands that need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence, TextIO
+
+from deconv.config import PRESETS, ModelConfig, Spec, TrainConfig, preset
+
+ALIASES = {"learning_rate": ["--lr"]}
+
+
+def _flag(name: str) -> str:
+    """--field-name for a config field."""
+    return "--" + name.replace("_", "-")
+
+
+def _parser_type(name: str, typ: str, s: Spec) -> Callable[[str], Any]:
+    """An argparse type that parses one config field and names the field and range when it fails."""
+    def parse(text: str) -> Any:
+        try:
+            if s.min_len is not None:
+                return tuple(int(v) for v in text.split(",") if v.strip())
+            if s.choices:
+                return text
+            return int(text) if typ == "int" else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}={text!r} is not valid: allowed {s.describe()}") from None
+    return parse
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per config field, default None (meaning: keep the preset's or class default)."""
+    group = parser.add_argument_group(f"{cls.__name__} ({cls.__doc__.splitlines()[0] if cls.__doc__ else ''})")
+    for f in dataclasses.fields(cls):
+        s: Spec = f.metadata["spec"]
+        default = f.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        group.add_argument(_flag(f.name), *ALIASES.get(f.name, []), dest=f.name, default=None,
+                           type=_parser_type(f.name, str(f.type), s), metavar=f.name.split("_")[-1].upper(),
+                           help=f"{s.help} ({s.describe()}; default {shown})")
+
+
+def _overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The config fields given on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
+    """The model config (preset plus flags) and the train config; ValueError names a bad field."""
+    model_config = preset(args.preset).replace(**_overrides(args, ModelConfig))
+    return model_config, TrainConfig(**_overrides(args, TrainConfig))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser for every command."""
+    parser = argparse.ArgumentParser(prog="python -m deconv", description="Deconv Lab: train, evaluate and use a "
+                                     "deconvolutional network on CIFAR-10.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a network and save the run directory")
+    p.add_argument("--data-dir", help="CIFAR-10 folder (default: DECONV_DATA_DIR, the Keras cache, or download)")
+    p.add_argument("--preset", choices=list(PRESETS), default="default", help="starting architecture")
+    _add_config_flags(p, ModelConfig)
+    _add_config_flags(p, TrainConfig)
+    p.add_argument("--out", required=True, help="run directory to create (must not exist or be empty)")
+    p.add_argument("--progress", help="append one JSON line per event to this file")
+
+    p = sub.add_parser("evaluate", help="accuracy of a saved run on test_batch")
+    p.add_argument("run_dir")
+    p.add_argument("--data-dir")
+    p.add_argument("--limit", type=int, help="only the first N test images")
+
+    p = sub.add_parser("classify", help="top-k classes of image files")
+    p.add_argument("run_dir")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top", type=int, default=5, choices=range(1, 11), metavar="K", help="labels per image (1-10)")
+
+    p = sub.add_parser("describe", help="layers, parameters and FLOPs of an architecture, without training")
+    p.add_argument("--preset", choices=list(PRESETS), default="default")
+    _add_config_flags(p, ModelConfig)
+    return parser
+
+
+def _emit(obj: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    """One JSON line."""
+    out.write(json.dumps(obj) + "\n")
+    out.flush()
+
+
+def _fail(message: str, code: int = 1) -> int:
+    """Print an error line on stderr and return the exit code."""
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+class ProgressLog:
+    """Writes training events as JSON lines to a file and as short lines for people on stderr."""
+
+    def __init__(self, path: str | None) -> None:
+        self.file = open(path, "a", buffering=1) if path else None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        event = {"time": time.time(), **event}
+        if self.file:
+            self.file.write(json.dumps(event) + "\n")
+        kind = event["event"]
+        if kind == "epoch":
+            val = f", val_accuracy {event['val_accuracy']:.3f}" if "val_accuracy" in event else ""
+            print(f"epoch {event['epoch']}/{event['epochs']}: loss {event['loss']:.3f}, accuracy "
+                  f"{event['accuracy']:.3f}{val} ({event['seconds']:.1f} s)", file=sys.stderr)
+        elif kind in ("start", "end", "status"):
+            print(" ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "time")), file=sys.stderr)
+
+    def close(self) -> None:
+        """Close the file."""
+        if self.file:
+            self.file.close()
+
+
+def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Train, save the run, print the summary JSON line."""
+    try:
+        model_config, train_config = configs_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        return _fail(f"{out} already exists and is not empty: choose another --out", 2)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log = ProgressLog(args.progress)
+    try:
+        return _train(model_config, train_config, args, out, stop, log)
+    finally:
+        log.close()
+
+
+def _train(model_config: ModelConfig, train_config: TrainConfig, args: argparse.Namespace, out: Path,
+           stop: threading.Event, log: ProgressLog) -> int:
+    """The body of `train` once configs are valid."""
+    from deconv import data, runs
+
+    def end(status: str, message: str, code: int, **extra: Any) -> int:
+        log({"event": "end", **extra, "status": status, "message": message})
+        if code:
+            print(f"error: {message}", file=sys.stderr)
+        return code
+
+    log({"event": "status", "message": "loading CIFAR-10"})
+    last = [0.0]
+
+    def download_progress(done: int, total: int) -> None:
+        if time.monotonic() - last[0] > 0.5:
+            last[0] = time.monotonic()
+            log({"event": "download", "done": done, "total": total})
+
+    try:
+        dataset = data.load_dataset(train_config, args.data_dir, download_progress)
+    except data.DataError as e:
+        return end("error", str(e), 1)
+    if stop.is_set():
+        return end("cancelled", "stopped before training began; nothing was saved", 0)
+    log({"event": "status", "message": "building the model", "data": dataset.source.describe()})
+    from deconv import train as training
+    from deconv.cost import describe
+
+    wall = time.time()
+    result = training.train(model_config, train_config, dataset, log, stop)
+    last_val = next((e["val_accuracy"] for e in reversed(result.history) if "val_accuracy" in e), None)
+    cost = describe(model_config)
+    meta = {"status": result.status, "message": result.message, "train_seconds": result.train_seconds,
+            "wall_seconds": time.time() - wall, "epochs_completed": sum(not e.get("partial") for e in result.history),
+            "params": cost.params, "flops": cost.flops, "label_names": dataset.label_names,
+            "data": {"path": str(dataset.source.path), "found_by": dataset.source.how,
+                     "train_size": len(dataset.x_train), "val_size": len(dataset.x_val)},
+            "seed": train_config.seed, "val_accuracy": last_val}
+    try:
+        runs.save_run(out, result.model, model_config, train_config, result.history, meta)
+    except runs.RunError as e:
+        return end("error", f"{result.message}, but {e}", 1)
+    summary = {"run_dir": str(out), "status": result.status, "message": result.message,
+               "epochs": meta["epochs_completed"], "train_seconds": round(result.train_seconds, 3),
+               "val_accuracy": last_val, "params": cost.params}
+    code = end(result.status, result.message, 1 if result.status == "nan" else 0,
+               **{k: v for k, v in summary.items() if k not in ("status", "message")})
+    _emit(summary)
+    return code
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Accuracy and loss of a run on test_batch."""
+    from deconv import data, runs
+    from deconv.train import evaluate
+
+    if args.limit is not None and args.limit < 1:
+        return _fail("--limit must be at least 1", 2)
+    try:
+        model = runs.load_model(args.run_dir)
+        source = data.get_data(args.data_dir)
+        x, y = data.read_test(source)
+    except (runs.RunError, data.DataError) as e:
+        return _fail(str(e))
+    if args.limit:
+        x, y = x[: args.limit], y[: args.limit]
+    _emit(evaluate(model, x, y))
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """One JSON line per image with its top-k labels, or its error."""
+    from deconv import inference, runs
+    from deconv.train import predict
+
+    try:
+        info = runs.read_run(args.run_dir)
+        model = runs.load_model(args.run_dir)
+    except runs.RunError as e:
+        return _fail(str(e))
+    names = inference.label_names_of(info.meta)
+    ok = True
+    for path in args.images:
+        try:
+            x = inference.prepare(path)
+        except inference.ImageError as e:
+            ok = False
+            _emit({"image": path, "error": f"{Path(path).name}: {e}"})
+            continue
+        probs = predict(model, x[None])[0]
+        _emit({"image": path, "top": inference.top_k(probs, names, args.top).as_json()})
+    return 0 if ok else 1
+
+
+def cmd_describe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Parameters, FLOPs and layers of an architecture."""
+    from deconv.cost import describe
+
+    try:
+        config = preset(args.preset).replace(**_overrides(args, ModelConfig))
+    except ValueError as e:
+        parser.error(str(e))
+    cost = describe(config)
+    _emit({"params": cost.params, "flops": cost.flops, "activation_bytes": cost.activation_bytes,
+           "config": config.to_dict(),
+           "layers": [{"name": c.name, "type": c.kind, "output_shape": list(c.output_shape), "params": c.params,
+                       "flops": c.flops} for c in cost.layers]})
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        return cmd_train(args, parser)
+    if args.command == "evaluate":
+        return cmd_evaluate(args)
+    if args.command == "classify":
+        return cmd_classify(args)
+    return cmd_describe(args, parser)

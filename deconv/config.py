@@ -1,0 +1,197 @@
+"""Every architectural and training choice, with its default and its bounds, validated in one place.
+
+The Streamlit sliders, the command-line flags and the model builder all read these classes;
+a bound or a default is written here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+NUM_CLASSES = 10
+IMAGE_SIZE = 32
+MAX_FEATURE_SIZE = 256  # the article's largest feature map (32 upsampled three times)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Bounds and help text of one config field: a numeric range, a list length, or choices."""
+
+    help: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    min_len: int | None = None
+    max_len: int | None = None
+    log: bool = False  # a log-scale knob (the learning rate)
+
+    def describe(self) -> str:
+        """The allowed values in words, for error messages and help text."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        rng = f"{_fmt(self.low)} to {_fmt(self.high)}"
+        if self.min_len is not None:
+            return f"{self.min_len} to {self.max_len} values, each {rng}"
+        return rng
+
+
+def _fmt(x: float | None) -> str:
+    """Format a bound without a trailing .0."""
+    return str(int(x)) if x is not None and float(x).is_integer() and abs(x) < 1e15 else str(x)
+
+
+def spec(default: Any, **kw: Any) -> Any:
+    """A dataclass field carrying its default and its Spec."""
+    return field(default=default, metadata={"spec": Spec(**kw)})
+
+
+def field_spec(cls: type, name: str) -> Spec:
+    """The Spec of field `name` of a config class."""
+    return {f.name: f.metadata["spec"] for f in dataclasses.fields(cls)}[name]
+
+
+def _check_scalar(name: str, value: Any, typ: type, s: Spec) -> Any:
+    """Validate and normalise one scalar value against its Spec."""
+    if s.choices:
+        if not isinstance(value, str) or value not in s.choices:
+            raise ValueError(f"{name}={value!r} is not allowed: must be {s.describe()}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+            raise ValueError(f"{name}={value!r} must be a whole number from {s.describe()}")
+        value = int(value)
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name}={value!r} must be a number from {s.describe()}")
+        value = float(value)
+    elif typ is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} must be true or false")
+        return value
+    if s.low is not None and not (s.low <= value <= s.high):
+        raise ValueError(f"{name}={value!r} is out of range: allowed {s.describe()}")
+    return value
+
+
+class _Config:
+    """Validation and JSON conversion shared by ModelConfig and TrainConfig."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            s: Spec = f.metadata["spec"]
+            value = getattr(self, f.name)
+            if s.min_len is not None:
+                if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                    raise ValueError(f"{f.name}={value!r} must be a list of {s.describe()}")
+                if not s.min_len <= len(value) <= s.max_len:
+                    raise ValueError(f"{f.name}={list(value)} has {len(value)} values: allowed {s.describe()}")
+                value = tuple(_check_scalar(f.name, v, int, s) for v in value)
+            else:
+                value = _check_scalar(f.name, value, _TYPES[f.type], s)
+            object.__setattr__(self, f.name, value)
+        self._check_together()
+
+    def _check_together(self) -> None:
+        """Checks that involve several fields (none by default)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain JSON-ready dict."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """Build from a plain dict; unknown keys and bad values raise ValueError."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(map(str, unknown))}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Config):
+    """The network: `blocks` pairs of Conv2D and Conv2DTranspose blocks, then a pooling head and softmax."""
+
+    widths: tuple[int, ...] = spec((32, 64, 128), low=8, high=256, min_len=1, max_len=4,
+                                   help="filters of each block (conv and deconv); the number of values is the number of blocks")
+    conv_kernel: int = spec(3, low=1, high=7, help="Conv2D kernel size")
+    conv_stride: int = spec(2, low=1, high=2, help="Conv2D stride (2 halves the feature map)")
+    deconv_kernel: int = spec(4, low=1, high=7, help="Conv2DTranspose kernel size")
+    deconv_stride: int = spec(1, low=1, high=2, help="Conv2DTranspose stride (2 doubles the feature map)")
+    head: str = spec("adaptive", choices=("adaptive", "flatten"),
+                     help="adaptive: AdaptiveAveragePooling2D then Dense; flatten: the article's Flatten then Dense")
+    pool_size: int = spec(1, low=1, high=8, help="output size of the adaptive pooling (1 = global average pooling)")
+
+    @property
+    def blocks(self) -> int:
+        """The number of conv + deconv block pairs."""
+        return len(self.widths)
+
+    def feature_sizes(self) -> list[int]:
+        """Spatial size after each conv and each deconv block, in order (padding 'same')."""
+        sizes, size = [], IMAGE_SIZE
+        for _ in self.widths:
+            size = math.ceil(size / self.conv_stride)
+            sizes.append(size)
+            size = size * self.deconv_stride
+            sizes.append(size)
+        return sizes
+
+    def _check_together(self) -> None:
+        biggest = max(self.feature_sizes())
+        if biggest > MAX_FEATURE_SIZE:
+            raise ValueError(
+                f"widths has {self.blocks} blocks with conv_stride={self.conv_stride} and "
+                f"deconv_stride={self.deconv_stride}: the feature map grows to {biggest}x{biggest}, "
+                f"larger than the allowed {MAX_FEATURE_SIZE}x{MAX_FEATURE_SIZE}; use fewer blocks or other strides")
+        final = self.feature_sizes()[-1]
+        if self.head == "adaptive" and self.pool_size > final:
+            raise ValueError(f"pool_size={self.pool_size} is larger than the final {final}x{final} feature map: allowed 1 to {final}")
+
+    def with_blocks(self, n: int) -> "ModelConfig":
+        """A copy with `n` blocks: extra blocks double the last width (capped), fewer drop the last."""
+        s = field_spec(ModelConfig, "widths")
+        widths = list(self.widths[:n])
+        while len(widths) < n:
+            widths.append(int(min(widths[-1] * 2, s.high)))
+        return self.replace(widths=tuple(widths))
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Config):
+    """How the network is trained: data sizes, epochs, batch size, learning rate, seed."""
+
+    train_size: int = spec(10_000, low=100, high=50_000, help="training images, equal counts per class")
+    val_size: int = spec(2_000, low=100, high=10_000, help="validation images from test_batch, equal counts per class")
+    epochs: int = spec(5, low=1, high=200, help="passes over the training images")
+    batch_size: int = spec(128, low=8, high=1024, help="images per training step")
+    learning_rate: float = spec(2e-3, low=1e-5, high=10.0, log=True, help="Adam learning rate")
+    seed: int = spec(0, low=0, high=2**31 - 1, help="seed for the subset, the weights and the shuffling")
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # Sized for a 2-core CPU: strided convs shrink the map, stride-1 deconvs refine it, global pooling.
+    "default": ModelConfig(),
+    # The article's exact network: three upsampling deconvs to 256x256x128, flattened into Dense.
+    "article": ModelConfig(widths=(32, 64, 128), conv_kernel=3, conv_stride=1, deconv_kernel=4,
+                           deconv_stride=2, head="flatten", pool_size=1),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    """The named preset, or a ValueError that lists the names."""
+    if name not in PRESETS:
+        raise ValueError(f"preset={name!r} is not allowed: must be one of {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,108 @@
+"""What a ModelConfig costs, computed by hand without TensorFlow: shapes, parameters, FLOPs, memory.
+
+Pages import this to update the Architecture table on every slider move in milliseconds;
+tests check it against the Keras model that `deconv.model.build_model` makes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deconv.config import IMAGE_SIZE, NUM_CLASSES, ModelConfig
+
+BYTES_PER_FLOAT = 4
+# Training FLOPs per image are about three forward passes (forward, two backward products).
+TRAIN_FLOPS_FACTOR = 3
+# Training throughput this project's models reach on a 2-core CPU, in FLOP/s (bench/run.py measures it).
+CPU_TRAIN_FLOPS_PER_SECOND = 40e9
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One Keras layer: its name and type, output shape (no batch axis), parameters, forward FLOPs."""
+
+    name: str
+    kind: str
+    output_shape: tuple[int, ...]
+    params: int
+    flops: int
+
+    @property
+    def activations(self) -> int:
+        """Number of floats in this layer's output for one image."""
+        n = 1
+        for d in self.output_shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """The whole network's cost per image."""
+
+    layers: tuple[LayerCost, ...]
+
+    @property
+    def params(self) -> int:
+        """Total parameters, trainable and not (as Keras' count_params)."""
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def flops(self) -> int:
+        """Forward FLOPs per image: multiply-adds count 2 in conv, deconv and dense layers."""
+        return sum(layer.flops for layer in self.layers)
+
+    @property
+    def activation_bytes(self) -> int:
+        """Bytes of float32 layer outputs for one image's forward pass (kept for the backward pass)."""
+        return BYTES_PER_FLOAT * sum(layer.activations for layer in self.layers)
+
+    @property
+    def param_bytes(self) -> int:
+        """Bytes of the float32 weights."""
+        return BYTES_PER_FLOAT * self.params
+
+    def train_seconds_per_epoch(self, images: int, flops_per_second: float = CPU_TRAIN_FLOPS_PER_SECOND) -> float:
+        """Estimated seconds to train `images` images once at the given throughput."""
+        return images * TRAIN_FLOPS_FACTOR * self.flops / flops_per_second
+
+    def as_rows(self) -> list[dict[str, object]]:
+        """One plain dict per layer, for a table."""
+        return [{"layer": c.name, "type": c.kind, "output shape": "x".join(map(str, c.output_shape)),
+                 "parameters": c.params, "MFLOPs": round(c.flops / 1e6, 2)} for c in self.layers]
+
+
+def _block(prefix: str, kind: str, size: int, cin: int, cout: int, kernel: int, in_size: int) -> list[LayerCost]:
+    """The three layers of a conv or deconv block: the convolution, BatchNormalization, ReLU."""
+    positions = size * size if kind == "Conv2D" else in_size * in_size  # a deconv spreads each input pixel
+    shape = (size, size, cout)
+    return [
+        LayerCost(prefix, kind, shape, kernel * kernel * cin * cout + cout, 2 * positions * kernel * kernel * cin * cout),
+        LayerCost(f"{prefix}_bn", "BatchNormalization", shape, 4 * cout, 0),
+        LayerCost(f"{prefix}_relu", "ReLU", shape, 0, 0),
+    ]
+
+
+def describe(config: ModelConfig) -> ModelCost:
+    """Per-layer output shapes, parameters and FLOPs of `build_model(config)`, without building it."""
+    layers = [LayerCost("rescale", "Rescaling", (IMAGE_SIZE, IMAGE_SIZE, 3), 0, 0)]
+    sizes = iter(config.feature_sizes())
+    size, channels = IMAGE_SIZE, 3
+    for i, width in enumerate(config.widths, start=1):
+        conv_size = next(sizes)
+        layers += _block(f"block{i}_conv", "Conv2D", conv_size, channels, width, config.conv_kernel, size)
+        deconv_size = next(sizes)
+        layers += _block(f"block{i}_deconv", "Conv2DTranspose", deconv_size, width, width, config.deconv_kernel, conv_size)
+        size, channels = deconv_size, width
+    if config.head == "flatten":
+        layers.append(LayerCost("flatten", "Flatten", (size * size * channels,), 0, 0))
+    elif config.pool_size == 1:
+        layers.append(LayerCost("pool", "GlobalAveragePooling2D", (channels,), 0, 0))
+    else:
+        p = config.pool_size
+        layers.append(LayerCost("pool", "AdaptiveAveragePooling2D", (p, p, channels), 0, 0))
+        layers.append(LayerCost("flatten", "Flatten", (p * p * channels,), 0, 0))
+    features = layers[-1].output_shape[0]
+    layers.append(LayerCost("classifier", "Dense", (NUM_CLASSES,), features * NUM_CLASSES + NUM_CLASSES,
+                            2 * features * NUM_CLASSES))
+    return ModelCost(tuple(layers))

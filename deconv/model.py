@@ -1,0 +1,51 @@
+"""Build the deconvolutional network from a ModelConfig with Keras layers."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from deconv.config import IMAGE_SIZE, NUM_CLASSES, ModelConfig
+from deconv.cost import describe  # noqa: F401  (re-exported: the cost of what build_model builds)
+
+# Keras' default 0.99 lags behind for the few hundred steps of a short run, making validation noisy.
+BN_MOMENTUM = 0.9
+
+
+def conv_block(x: keras.KerasTensor, filters: int, kernel: int, stride: int, name: str) -> keras.KerasTensor:
+    """Conv2D, BatchNormalization, ReLU."""
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", name=name)(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def deconv_block(x: keras.KerasTensor, filters: int, kernel: int, stride: int, name: str) -> keras.KerasTensor:
+    """Conv2DTranspose, BatchNormalization, ReLU: maps features back up to a larger map when stride is 2."""
+    x = layers.Conv2DTranspose(filters, kernel, strides=stride, padding="same", name=name)(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def build_model(config: ModelConfig) -> keras.Model:
+    """The network for 32x32 RGB images with pixel values 0-255, ending in a 10-way softmax."""
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
+    x = layers.Rescaling(1 / 255, name="rescale")(inputs)  # scale pixels to [0, 1] inside the model
+    for i, width in enumerate(config.widths, start=1):
+        x = conv_block(x, width, config.conv_kernel, config.conv_stride, f"block{i}_conv")
+        x = deconv_block(x, width, config.deconv_kernel, config.deconv_stride, f"block{i}_deconv")
+    if config.head == "flatten":
+        x = layers.Flatten(name="flatten")(x)
+    elif config.pool_size == 1:
+        # AdaptiveAveragePooling2D((1, 1)) fails inside fit/predict in Keras 3.15; this is the same operation.
+        x = layers.GlobalAveragePooling2D(name="pool")(x)
+    else:
+        x = layers.AdaptiveAveragePooling2D(config.pool_size, name="pool")(x)
+        x = layers.Flatten(name="flatten")(x)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="classifier")(x)
+    return keras.Model(inputs, outputs, name="deconv_net")
+
+
+def block_outputs(model: keras.Model) -> keras.Model:
+    """A model that returns the output of every conv and deconv block (after its ReLU), for feature maps."""
+    names = [layer.name for layer in model.layers if layer.name.endswith("_relu")]
+    return keras.Model(model.inputs[0], {n.removesuffix("_relu"): model.get_layer(n).output for n in names})

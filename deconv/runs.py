@@ -1,0 +1,178 @@
+"""A trained run is a directory: model.keras, config.json, history.json, meta.json.
+
+Saving writes a sibling temporary directory and renames it into place, so a failed save (a full
+disk, a read-only folder) leaves no half-written run. Reading the small JSON files lists runs
+without TensorFlow; loading the model uses Keras' safe mode.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deconv.config import ModelConfig, TrainConfig
+
+RUNS_DIR_ENV = "DECONV_RUNS_DIR"
+FILES = ("model.keras", "config.json", "history.json", "meta.json")
+
+
+class RunError(Exception):
+    """A run directory is missing, incomplete or corrupt; the message names the file."""
+
+
+@dataclass
+class RunInfo:
+    """What a run directory says about itself, read without loading the model."""
+
+    path: Path
+    model_config: ModelConfig
+    train_config: TrainConfig
+    history: list[dict[str, Any]]
+    meta: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        """The directory name."""
+        return self.path.name
+
+    @property
+    def best_val_accuracy(self) -> float | None:
+        """The best validation accuracy over the epochs, if any epoch was validated."""
+        accs = [e["val_accuracy"] for e in self.history if e.get("val_accuracy") is not None]
+        return max(accs) if accs else None
+
+    @property
+    def model_bytes(self) -> int:
+        """Size of model.keras on disk."""
+        return (self.path / "model.keras").stat().st_size
+
+    def history_csv(self) -> str:
+        """The per-epoch history as CSV text."""
+        keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "elapsed"]
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.history)
+        return out.getvalue()
+
+
+def default_runs_dir() -> Path:
+    """DECONV_RUNS_DIR, or runs/ beside the app."""
+    return Path(os.environ.get(RUNS_DIR_ENV) or Path(__file__).resolve().parent.parent / "runs")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what trained the run."""
+    import keras
+    import numpy
+    import tensorflow
+
+    return {"python": platform.python_version(), "tensorflow": tensorflow.__version__,
+            "keras": keras.__version__, "numpy": numpy.__version__}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write pretty JSON."""
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def save_run(run_dir: str | os.PathLike[str], model: Any, model_config: ModelConfig, train_config: TrainConfig,
+             history: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
+    """Write a run directory atomically; refuses to overwrite a non-empty directory."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise RunError(f"{run_dir} already exists and is not empty: choose another --out")
+    parent = run_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=parent))
+    except OSError as e:
+        raise RunError(f"cannot create the run in {parent}: {e.strerror or e}") from None
+    try:
+        model.save(tmp / "model.keras")
+        _write_json(tmp / "config.json", {"model": model_config.to_dict(), "train": train_config.to_dict()})
+        _write_json(tmp / "history.json", history)
+        _write_json(tmp / "meta.json", {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                        "versions": library_versions(), **meta})
+        if run_dir.exists():
+            run_dir.rmdir()
+        tmp.rename(run_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunError(f"could not save the run to {run_dir}: {e.strerror or e}") from None
+    return run_dir
+
+
+def _read_json(path: Path) -> Any:
+    """Parse a JSON file, or RunError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path.parent.name}: {path.name} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"{path.parent.name}: {path.name} is not valid JSON ({e})") from None
+
+
+def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
+    """A run's configs, history and meta, checked, without loading the model."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise RunError(f"{path} is not a run directory")
+    if not (path / "model.keras").is_file():
+        raise RunError(f"{path.name}: model.keras is missing")
+    config = _read_json(path / "config.json")
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+        train_config = TrainConfig.from_dict(config["train"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunError(f"{path.name}: config.json is invalid ({e})") from None
+    history = _read_json(path / "history.json")
+    meta = _read_json(path / "meta.json")
+    if not isinstance(history, list) or not all(isinstance(e, dict) for e in history) or not isinstance(meta, dict):
+        raise RunError(f"{path.name}: history.json or meta.json has the wrong shape")
+    return RunInfo(path, model_config, train_config, history, meta)
+
+
+def load_model(run_dir: str | os.PathLike[str]) -> Any:
+    """The run's Keras model, loaded in safe mode (no arbitrary code such as Lambda layers)."""
+    import keras
+
+    info = read_run(run_dir)
+    try:
+        return keras.saving.load_model(info.path / "model.keras", safe_mode=True)
+    except (ValueError, OSError, TypeError, KeyError, AttributeError, zipfile.BadZipFile) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"{info.name}: model.keras cannot be loaded safely ({first[:300]})") from None
+
+
+def list_runs(root: str | os.PathLike[str] | None = None) -> tuple[list[RunInfo], list[tuple[Path, str]]]:
+    """All runs under root, newest first, and the directories that could not be read with why."""
+    root = Path(root) if root else default_runs_dir()
+    good, bad = [], []
+    if not root.is_dir():
+        return good, bad
+    for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            good.append(read_run(path))
+        except RunError as e:
+            bad.append((path, str(e)))
+    good.sort(key=lambda r: str(r.meta.get("saved_at", "")), reverse=True)
+    return good, bad
+
+
+def delete_run(run_dir: str | os.PathLike[str]) -> None:
+    """Remove a run directory (only one that looks like a run)."""
+    path = Path(run_dir)
+    if not (path / "config.json").exists() and not (path / "model.keras").exists():
+        raise RunError(f"{path} does not look like a run directory; not deleted")
+    shutil.rmtree(path)

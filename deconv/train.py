@@ -1,0 +1,176 @@
+"""Train a network with Keras `fit`, reporting progress through callbacks and stopping on request."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from deconv.config import NUM_CLASSES, ModelConfig, TrainConfig
+from deconv.data import Dataset
+from deconv.model import build_model
+
+Event = dict[str, Any]
+EventSink = Callable[[Event], None]
+
+REPORT_INTERVAL = 0.5  # seconds between batch progress events: enough for the eye, no host sync per batch
+
+
+@dataclass
+class TrainResult:
+    """The trained model (last good weights), per-epoch metrics, and how training ended."""
+
+    model: keras.Model
+    history: list[dict[str, float]]
+    status: str  # "finished", "stopped" or "nan"
+    message: str
+    train_seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
+    """A tf.data pipeline over uint8 images: shuffled indices, gathered and cast to float per batch."""
+    images = tf.constant(x)
+    labels = tf.constant(y) if y is not None else None
+
+    def gather(idx: tf.Tensor) -> Any:
+        xb = tf.cast(tf.gather(images, idx), tf.float32)  # the model's Rescaling layer scales to [0, 1]
+        if labels is None:
+            return xb
+        return xb, tf.one_hot(tf.gather(labels, idx), NUM_CLASSES)
+
+    ds = tf.data.Dataset.range(len(x))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def compile_model(model: keras.Model, config: TrainConfig) -> keras.Model:
+    """Adam and categorical cross-entropy, as in the article."""
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                  loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
+    return model
+
+
+class ProgressCallback(keras.callbacks.Callback):
+    """Sends batch and epoch events to a sink, honours a stop request within one batch, catches NaN losses."""
+
+    async_safe = True  # Keras may run the batch hooks on its callback thread: no host sync in the training loop
+
+    def __init__(self, sink: EventSink, stop: threading.Event, epochs: int, steps: int, batch_size: int,
+                 interval: float = REPORT_INTERVAL) -> None:
+        super().__init__()
+        self.sink, self.stop, self.epochs, self.steps, self.batch_size = sink, stop, epochs, steps, batch_size
+        self.interval = interval
+        self.nan = False
+        self.stopped = False
+        self.good_weights: list[np.ndarray] | None = None
+        self.history: list[dict[str, float]] = []
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.start = time.perf_counter()
+        self.good_weights = self.model.get_weights()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+        self.epoch_start = self.last_report = time.perf_counter()
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set() and not self.stopped:
+            self.stopped = True
+        if self.stopped or self.nan:
+            self.model.stop_training = True
+            self.model.stop_evaluating = True
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._check_stop()
+        now = time.perf_counter()
+        if now - self.last_report < self.interval and batch + 1 < self.steps:
+            return
+        self.last_report = now
+        logs = logs or {}
+        loss = float(logs.get("loss", math.nan))
+        if not math.isfinite(loss):
+            self.nan = True
+            self._check_stop()
+            return
+        done = batch + 1
+        rate = done * self.batch_size / max(now - self.epoch_start, 1e-9)
+        left = (self.steps - done) + (self.epochs - self.epoch - 1) * self.steps
+        self.sink({"event": "batch", "epoch": self.epoch + 1, "epochs": self.epochs, "batch": done,
+                   "batches": self.steps, "loss": loss, "accuracy": float(logs.get("accuracy", math.nan)),
+                   "images_per_second": rate, "elapsed": now - self.start,
+                   "eta": left * self.batch_size / rate})
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._check_stop()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = dict(logs or {})
+        now = time.perf_counter()
+        if not math.isfinite(float(logs.get("loss", math.nan))):
+            self.nan = True
+            self._check_stop()
+            return
+        record = {"epoch": epoch + 1, "seconds": now - self.epoch_start, "elapsed": now - self.start}
+        record.update({k: float(logs[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs})
+        if self.stopped:  # validation was cut short: its figures would mislead
+            record = {k: v for k, v in record.items() if not k.startswith("val_")}
+            record["partial"] = True
+        self.history.append(record)
+        self.good_weights = self.model.get_weights()
+        self.sink({"event": "epoch", "epochs": self.epochs, **record})
+
+
+def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
+          sink: EventSink | None = None, stop: threading.Event | None = None,
+          callbacks: list[keras.callbacks.Callback] | None = None) -> TrainResult:
+    """Build and fit the network on `data`; `stop.set()` ends it after the current batch."""
+    sink = sink or (lambda event: None)
+    stop = stop or threading.Event()
+    keras.utils.set_random_seed(train_config.seed)
+    model = compile_model(build_model(model_config), train_config)
+    steps = math.ceil(len(data.x_train) / train_config.batch_size)
+    progress = ProgressCallback(sink, stop, train_config.epochs, steps, train_config.batch_size)
+    sink({"event": "start", "epochs": train_config.epochs, "batches": steps, "train_size": len(data.x_train),
+          "val_size": len(data.x_val), "params": model.count_params()})
+    start = time.perf_counter()
+    model.fit(batches(data.x_train, data.y_train, train_config.batch_size, shuffle=True, seed=train_config.seed),
+              validation_data=batches(data.x_val, data.y_val, train_config.batch_size),
+              epochs=train_config.epochs, callbacks=[progress, *(callbacks or [])], shuffle=False, verbose=0)  # the pipeline shuffles
+    seconds = time.perf_counter() - start
+    if progress.nan:
+        if progress.good_weights is not None:
+            model.set_weights(progress.good_weights)
+        return TrainResult(model, progress.history, "nan",
+                           f"the loss became NaN in epoch {progress.epoch + 1}; kept the weights from before it. "
+                           f"Try a smaller learning rate than {train_config.learning_rate:g}.", seconds)
+    if progress.stopped:
+        return TrainResult(model, progress.history, "stopped",
+                           f"stopped by request in epoch {progress.epoch + 1} of {train_config.epochs}", seconds)
+    return TrainResult(model, progress.history, "finished", f"trained {train_config.epochs} epochs", seconds)
+
+
+def predict(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N, 10) for uint8 images (N, 32, 32, 3)."""
+    if len(x) <= batch_size:
+        return np.asarray(model(x.astype(np.float32), training=False))
+    return model.predict(batches(x, None, batch_size), verbose=0)
+
+
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> dict[str, float]:
+    """Loss and accuracy on labelled uint8 images."""
+    probs = predict(model, x, batch_size)
+    picked = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
+    return {"loss": float(-np.log(picked).mean()), "accuracy": float((probs.argmax(1) == y).mean()), "n": int(len(y))}
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Counts (10, 10): row = true class, column = predicted class."""
+    return np.bincount(y_true.astype(np.int64) * NUM_CLASSES + y_pred, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)

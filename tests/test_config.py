@@ -1,0 +1,88 @@
+"""ModelConfig and TrainConfig: defaults, bounds, messages, JSON round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from deconv.config import PRESETS, ModelConfig, TrainConfig, field_spec, preset
+
+
+@pytest.mark.parametrize("cls", [ModelConfig, TrainConfig])
+def test_defaults_are_valid_and_round_trip_through_json(cls: type) -> None:
+    config = cls()
+    assert cls.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("cls", [ModelConfig, TrainConfig])
+def test_every_numeric_bound_is_enforced_with_a_message_naming_field_value_and_range(cls: type) -> None:
+    for f in dataclasses.fields(cls):
+        s = field_spec(cls, f.name)
+        if s.low is None or s.min_len is not None:
+            continue
+        below = s.low - 1 if isinstance(f.default, int) else s.low / 2
+        above = s.high + 1 if isinstance(f.default, int) else s.high * 2
+        for bad in (below, above):
+            with pytest.raises(ValueError) as err:
+                cls(**{f.name: bad})
+            message = str(err.value)
+            assert f.name in message and str(bad) in message and "allowed" in message
+        cls(**{f.name: s.low})
+        cls(**{f.name: s.high}) if f.name != "pool_size" else None
+
+
+def test_widths_bounds() -> None:
+    with pytest.raises(ValueError, match=r"widths=\[\] has 0 values: allowed 1 to 4 values, each 8 to 256"):
+        ModelConfig(widths=())
+    with pytest.raises(ValueError, match="widths=7 is out of range"):
+        ModelConfig(widths=(7,))
+    with pytest.raises(ValueError, match="widths=300"):
+        ModelConfig(widths=(32, 300))
+    with pytest.raises(ValueError, match="5 values"):
+        ModelConfig(widths=(8, 8, 8, 8, 8))
+    assert ModelConfig(widths=[8, 256]).widths == (8, 256)
+
+
+@pytest.mark.parametrize("changes", [{"epochs": "5"}, {"epochs": True}, {"epochs": 2.5}, {"learning_rate": float("nan")},
+                                     {"learning_rate": "fast"}])
+def test_malformed_values_are_refused(changes: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(changes))):
+        TrainConfig(**changes)
+
+
+def test_choices_and_cross_field_checks() -> None:
+    with pytest.raises(ValueError, match="head='dense' is not allowed: must be one of adaptive, flatten"):
+        ModelConfig(head="dense")
+    with pytest.raises(ValueError, match="512x512"):
+        ModelConfig(widths=(8, 8, 8, 8), conv_stride=1, deconv_stride=2)
+    with pytest.raises(ValueError, match="pool_size=8 is larger than the final 4x4"):
+        ModelConfig(pool_size=8)
+
+
+def test_from_dict_rejects_unknown_keys_and_non_objects() -> None:
+    with pytest.raises(ValueError, match="unknown TrainConfig field.*dropout"):
+        TrainConfig.from_dict({"epochs": 3, "dropout": 0.5})
+    with pytest.raises(ValueError, match="JSON object"):
+        ModelConfig.from_dict([1, 2])
+    assert TrainConfig.from_dict({"learning_rate": 1}).learning_rate == 1.0
+
+
+def test_whole_floats_are_accepted_as_ints_as_json_may_write_them() -> None:
+    assert TrainConfig.from_dict({"epochs": 3.0}).epochs == 3
+
+
+def test_presets() -> None:
+    assert preset("article") == PRESETS["article"]
+    assert PRESETS["article"].to_dict() == {"widths": [32, 64, 128], "conv_kernel": 3, "conv_stride": 1,
+                                            "deconv_kernel": 4, "deconv_stride": 2, "head": "flatten", "pool_size": 1}
+    assert PRESETS["default"].head == "adaptive"
+    with pytest.raises(ValueError, match="preset='big' is not allowed: must be one of default, article"):
+        preset("big")
+
+
+def test_with_blocks_grows_and_shrinks() -> None:
+    base = ModelConfig(widths=(32, 200))
+    assert base.with_blocks(4).widths == (32, 200, 256, 256)
+    assert base.with_blocks(1).widths == (32,)
+    assert base.with_blocks(1).blocks == 1

@@ -1,0 +1,69 @@
+"""describe(): hand-computed costs agree with the Keras model build_model makes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deconv.config import PRESETS, ModelConfig
+from deconv.cost import describe
+from deconv.model import block_outputs, build_model
+
+CONFIGS = [PRESETS["default"], PRESETS["article"], ModelConfig(widths=(8,), head="flatten"),
+           ModelConfig(widths=(16, 24), conv_kernel=5, conv_stride=1, deconv_kernel=3, deconv_stride=2, pool_size=3),
+           ModelConfig(widths=(8, 8, 8, 8), conv_stride=2, deconv_stride=1, conv_kernel=1, deconv_kernel=7)]
+
+
+def test_article_preset_has_the_articles_parameter_count() -> None:
+    assert describe(PRESETS["article"]).params == 84_325_418
+    assert build_model(PRESETS["article"]).count_params() == 84_325_418
+
+
+def test_article_flops_by_hand() -> None:
+    macs = (32 * 32 * 3 * 3 * 3 * 32 + 32 * 32 * 4 * 4 * 32 * 32  # conv 32 at 32x32, deconv 32 from 32x32
+            + 64 * 64 * 3 * 3 * 32 * 64 + 64 * 64 * 4 * 4 * 64 * 64
+            + 128 * 128 * 3 * 3 * 64 * 128 + 128 * 128 * 4 * 4 * 128 * 128
+            + 256 * 256 * 128 * 10)  # dense
+    assert describe(PRESETS["article"]).flops == 2 * macs
+    cost = describe(PRESETS["article"])
+    assert cost.layers[-2].output_shape == (256 * 256 * 128,)
+    assert cost.activation_bytes > 100e6  # the 256x256x128 maps dominate
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c.widths)) + c.head)
+def test_describe_matches_keras_layer_by_layer(config: ModelConfig) -> None:
+    model = build_model(config)
+    cost = describe(config)
+    keras_layers = [layer for layer in model.layers if layer.__class__.__name__ != "InputLayer"]
+    assert [layer.name for layer in keras_layers] == [c.name for c in cost.layers]
+    for layer, c in zip(keras_layers, cost.layers):
+        assert tuple(layer.output.shape[1:]) == c.output_shape, layer.name
+        assert layer.count_params() == c.params, layer.name
+        assert layer.__class__.__name__ == c.kind
+    assert cost.params == model.count_params()
+
+
+@pytest.mark.parametrize("pool_size", range(1, 9))
+def test_adaptive_head_trains_and_predicts_at_every_allowed_size(pool_size: int) -> None:
+    config = ModelConfig(widths=(8,), conv_stride=1, deconv_stride=1, pool_size=pool_size)
+    model = build_model(config)
+    model.compile("adam", "categorical_crossentropy")
+    x = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3)).astype("float32")
+    y = np.eye(10)[np.arange(8)]
+    model.fit(x, y, epochs=1, batch_size=4, verbose=0)
+    probs = model.predict(x, verbose=0)
+    assert probs.shape == (8, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_block_outputs_show_deconvs_mapping_features_up() -> None:
+    model = build_model(PRESETS["article"].replace(widths=(8, 8)))
+    maps = block_outputs(model)(np.zeros((1, 32, 32, 3), "float32"))
+    assert {k: tuple(v.shape[1:]) for k, v in maps.items()} == {
+        "block1_conv": (32, 32, 8), "block1_deconv": (64, 64, 8), "block2_conv": (64, 64, 8), "block2_deconv": (128, 128, 8)}
+
+
+def test_estimated_epoch_time_scales_with_flops() -> None:
+    small, article = describe(PRESETS["default"]), describe(PRESETS["article"])
+    assert article.train_seconds_per_epoch(10_000) > 100 * small.train_seconds_per_epoch(10_000)
+    assert article.train_seconds_per_epoch(10_000) > 3600  # hours, as measured

@@ -1,0 +1,93 @@
+"""Any image becomes the 32x32 RGB view the model saw; bad files get a clear ImageError."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from deconv import inference
+from tests import images
+
+
+@pytest.mark.parametrize("name", list(images.good()))
+def test_awkward_valid_images_become_32x32_rgb(name: str) -> None:
+    x = inference.prepare(images.good()[name])
+    assert x.shape == (32, 32, 3) and x.dtype == np.uint8
+
+
+@pytest.mark.parametrize("name", list(images.bad()))
+def test_bad_files_get_a_clear_error(name: str) -> None:
+    with pytest.raises(inference.ImageError) as err:
+        inference.prepare(images.bad()[name])
+    assert "Traceback" not in str(err.value) and len(str(err.value)) > 10
+
+
+def test_error_messages_say_what_is_wrong() -> None:
+    bad = images.bad()
+    for name, words in [("empty.png", "empty"), ("text.jpg", "not an image"), ("truncated.png", "truncated"),
+                        ("bomb.png", "million-pixel limit")]:
+        with pytest.raises(inference.ImageError, match=words):
+            inference.prepare(bad[name])
+
+
+def test_exif_orientation_is_applied() -> None:
+    x = inference.prepare(images.exif_rotated_jpeg()).astype(int)
+    top, bottom = x[:8].mean((0, 1)), x[-8:].mean((0, 1))
+    assert top[0] > 200 and top[2] < 60  # red on top: the model sees the picture upright
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_transparency_is_white_and_animation_uses_the_first_frame() -> None:
+    rgba = inference.prepare(images.good()["rgba.png"])
+    assert (rgba[0, 0] == 255).all() and rgba[16, 16].tolist() == [255, 0, 0]
+    pal = inference.prepare(images.good()["palette.png"])
+    assert (pal[0, 0] == 255).all() and pal[16, 16][0] > 200 and pal[16, 16][1] < 50
+    gif = inference.prepare(images.animated_gif())
+    assert gif[16, 16, 1] > 150 and gif[16, 16, 0] < 50  # green, not magenta
+
+
+def test_sixteen_bit_grey_keeps_its_range() -> None:
+    x = inference.prepare(images.good()["grey16.png"]).astype(int)
+    assert x.min() < 40 and x.max() > 200 and (x[..., 0] == x[..., 1]).all()
+
+
+def test_centre_crop_keeps_the_middle_of_a_wide_image() -> None:
+    img = Image.new("RGB", (300, 100), "black")
+    img.paste((255, 255, 255), (100, 0, 200, 100))
+    view = inference.model_view(img)
+    assert view.size == (32, 32) and np.asarray(view).mean() > 240
+
+
+def test_top_k_is_sorted() -> None:
+    probs = np.array([0.05, 0.5, 0.1, 0.0, 0.0, 0.2, 0.0, 0.15, 0.0, 0.0])
+    pred = inference.top_k(probs, list("abcdefghij"), 3)
+    assert pred.labels == ["b", "f", "h"] and pred.probabilities == [0.5, 0.2, 0.15]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2048))
+def test_random_bytes_raise_only_image_error(blob: bytes) -> None:
+    try:
+        assert inference.prepare(blob).shape == (32, 32, 3)
+    except inference.ImageError:
+        pass
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 300), st.sampled_from(["RGB", "L", "RGBA", "P", "CMYK", "1", "I;16"]),
+       st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"]), st.data())
+def test_random_valid_images_classify_or_raise_image_error(w: int, h: int, mode: str, fmt: str, data: st.DataObject) -> None:
+    seed = data.draw(st.integers(0, 2**16))
+    arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    img = Image.fromarray(arr, "RGB").convert(mode) if mode != "I;16" else Image.fromarray(arr[..., 0].astype(np.uint16) * 200)
+    try:
+        blob = images.encode(img, fmt)
+    except (OSError, ValueError, KeyError):
+        return  # this format cannot store this mode
+    try:
+        assert inference.prepare(blob).shape == (32, 32, 3)
+    except inference.ImageError:
+        pass
