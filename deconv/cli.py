@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import threading
@@ -19,6 +20,13 @@ from typing import Any, Callable, Sequence, TextIO
 from deconv.config import PRESETS, ModelConfig, Spec, TrainConfig, preset
 
 ALIASES = {"learning_rate": ["--lr"]}
+STOP = threading.Event()  # set by SIGINT/SIGTERM: training ends after its current batch
+
+
+def install_stop_handlers() -> None:
+    """Make SIGINT and SIGTERM request a stop instead of killing the process."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: STOP.set())
 
 
 def _flag(name: str) -> str:
@@ -87,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--top", type=int, default=5, choices=range(1, 11), metavar="K", help="labels per image (1-10)")
 
+    sub.add_parser("worker", help="(for the app) import TensorFlow, then run the one command read from stdin")
+
     p = sub.add_parser("describe", help="layers, parameters and FLOPs of an architecture, without training")
     p.add_argument("--preset", choices=list(PRESETS), default="default")
     _add_config_flags(p, ModelConfig)
@@ -138,12 +148,10 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         return _fail(f"{out} already exists and is not empty: choose another --out", 2)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    install_stop_handlers()
     log = ProgressLog(args.progress)
     try:
-        return _train(model_config, train_config, args, out, stop, log)
+        return _train(model_config, train_config, args, out, STOP, log)
     finally:
         log.close()
 
@@ -259,6 +267,24 @@ def cmd_describe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0
 
 
+def cmd_worker() -> int:
+    """A warm process for the app: import TensorFlow now, then run one job read as a JSON line from stdin."""
+    install_stop_handlers()  # a stop that arrives before the job starts still ends it cleanly
+    import deconv.train  # noqa: F401  (the slow import, done before the job arrives)
+
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0
+    job = json.loads(line)
+    for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(target, fd)
+        os.close(target)
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+    return main(job["argv"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status."""
     parser = build_parser()
@@ -269,4 +295,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_evaluate(args)
     if args.command == "classify":
         return cmd_classify(args)
+    if args.command == "worker":
+        return cmd_worker()
     return cmd_describe(args, parser)

@@ -1,0 +1,301 @@
+"""Training jobs for a shared server: child processes, warm workers, a slot cap and a queue.
+
+Each job runs `python -m deconv train` (the same entry point as the CLI) in a child process that
+writes the run directory and a JSON-lines progress file; callers follow that file. TensorFlow's
+import takes seconds, so each slot keeps a warm worker process that has imported it already and
+waits for its job on stdin. Stop is SIGTERM: the trainer finishes its batch, saves and exits.
+
+A JobManager is meant to be shared by every browser session of one server: it holds the training
+slot limit and the queue. Its one background thread belongs to it, only watches processes and
+files, and ends with `shutdown()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from deconv.config import ModelConfig, TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_JOBS_ENV = "DECONV_MAX_JOBS"
+ACTIVE = ("queued", "starting", "running")
+OWNER_GRACE_SECONDS = 15.0  # a job whose browser session has been gone this long is stopped
+
+
+def max_jobs_from_env(default: int = 1) -> int:
+    """The training-slot cap: DECONV_MAX_JOBS, at least 1."""
+    try:
+        return max(1, int(os.environ.get(MAX_JOBS_ENV, default)))
+    except ValueError:
+        return default
+
+
+def config_argv(model_config: ModelConfig, train_config: TrainConfig) -> list[str]:
+    """`train` flags that reproduce both configs exactly."""
+    argv = []
+    for config in (model_config, train_config):
+        for key, value in config.to_dict().items():
+            argv += ["--" + key.replace("_", "-"), ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return argv
+
+
+class Worker:
+    """A `python -m deconv worker` process that has imported TensorFlow and waits for one job."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "deconv", "worker"], cwd=ROOT, stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+                                     env=env, start_new_session=True)
+
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self.proc.poll() is None
+
+    def start(self, argv: list[str], stdout: Path, stderr: Path) -> subprocess.Popen:
+        """Hand the worker its job; it redirects its output to the given files."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"argv": argv, "stdout": str(stdout), "stderr": str(stderr)}) + "\n")
+        self.proc.stdin.close()
+        return self.proc
+
+    def kill(self) -> None:
+        """End an idle worker."""
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class Job:
+    """One training request: its configs, files, process and what its progress file says so far."""
+
+    id: str
+    owner: str
+    model_config: ModelConfig
+    train_config: TrainConfig
+    run_dir: Path
+    dir: Path
+    state: str = "queued"  # queued, starting, running, finished, stopped, nan, error, cancelled
+    message: str = ""
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    ended: float | None = None
+    proc: subprocess.Popen | None = None
+    stop_requested: bool = False
+    _events: list[dict[str, Any]] = field(default_factory=list)
+    _offset: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def progress_path(self) -> Path:
+        """The JSON-lines file the trainer appends to."""
+        return self.dir / "progress.jsonl"
+
+    @property
+    def active(self) -> bool:
+        """Queued or running."""
+        return self.state in ACTIVE
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every event so far (reads only what was appended since the last call)."""
+        with self._lock:
+            try:
+                with open(self.progress_path, "rb") as f:
+                    f.seek(self._offset)
+                    chunk = f.read()
+            except FileNotFoundError:
+                return list(self._events)
+            end = chunk.rfind(b"\n") + 1  # only whole lines
+            for line in chunk[:end].splitlines():
+                try:
+                    self._events.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+            self._offset += end
+            return list(self._events)
+
+    def epochs(self) -> list[dict[str, Any]]:
+        """The per-epoch metrics reported so far."""
+        return [e for e in self.events() if e["event"] == "epoch"]
+
+    def latest(self, kind: str) -> dict[str, Any] | None:
+        """The last event of a kind ("batch", "download", "status", "end", ...)."""
+        return next((e for e in reversed(self.events()) if e["event"] == kind), None)
+
+    def stderr_tail(self, lines: int = 5) -> str:
+        """The last lines the trainer wrote to stderr, without TensorFlow's log noise."""
+        try:
+            text = (self.dir / "stderr.log").read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join([t for t in text if t.strip() and not t.startswith(("WARNING", "I0000", "E0000", "W0000"))][-lines:])
+
+
+class JobManager:
+    """Runs at most `max_jobs` trainings at once for all sessions, queues the rest, reaps and cleans up."""
+
+    def __init__(self, jobs_dir: Path, max_jobs: int = 1, is_alive: Callable[[str], bool] | None = None,
+                 warm: bool = True, poll_seconds: float = 0.25, env: dict[str, str] | None = None) -> None:
+        self.jobs_dir = Path(jobs_dir)
+        self.max_jobs = max_jobs
+        self.is_alive = is_alive or (lambda owner: True)
+        self.warm = warm
+        self.env = env
+        self.jobs: list[Job] = []
+        self.workers: list[Worker] = []
+        self._gone_since: dict[str, float] = {}
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        if warm:
+            self._top_up_workers()
+        self._thread = threading.Thread(target=self._loop, args=(poll_seconds,), name="deconv-jobs", daemon=True)
+        self._thread.start()
+
+    # ---- requests from sessions
+
+    def submit(self, owner: str, model_config: ModelConfig, train_config: TrainConfig, run_dir: Path) -> Job:
+        """Queue a training for `owner`; an owner with an active job gets that job back, not a second one."""
+        with self._lock:
+            current = self.active_job(owner)
+            if current:
+                return current
+            job_id = uuid.uuid4().hex[:12]
+            job = Job(job_id, owner, model_config, train_config, Path(run_dir), self.jobs_dir / job_id)
+            job.dir.mkdir(parents=True, exist_ok=True)
+            self.jobs.append(job)
+            self._dispatch()
+            return job
+
+    def active_job(self, owner: str) -> Job | None:
+        """The owner's queued or running job."""
+        with self._lock:
+            return next((j for j in self.jobs if j.owner == owner and j.active), None)
+
+    def latest_job(self, owner: str) -> Job | None:
+        """The owner's most recent job, active or ended."""
+        with self._lock:
+            return next((j for j in reversed(self.jobs) if j.owner == owner), None)
+
+    def get(self, job_id: str) -> Job | None:
+        """A job by id."""
+        with self._lock:
+            return next((j for j in self.jobs if j.id == job_id), None)
+
+    def queue_position(self, job: Job) -> int:
+        """1 for the next job to start, 0 if the job is not queued."""
+        with self._lock:
+            queued = [j for j in self.jobs if j.state == "queued"]
+            return queued.index(job) + 1 if job in queued else 0
+
+    def running(self) -> list[Job]:
+        """Jobs holding a slot."""
+        with self._lock:
+            return [j for j in self.jobs if j.state in ("starting", "running")]
+
+    def stop(self, job: Job) -> None:
+        """Cancel a queued job, or ask a running one to stop after its current batch and save."""
+        with self._lock:
+            if job.state == "queued":
+                self._end(job, "cancelled", "cancelled while waiting for a training slot")
+            elif job.active and job.proc is not None and not job.stop_requested:
+                job.stop_requested = True
+                try:
+                    os.killpg(job.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def shutdown(self) -> None:
+        """Stop every job and worker and end the watcher thread."""
+        self._stopping.set()
+        with self._lock:
+            for job in self.jobs:
+                if job.active:
+                    self.stop(job)
+            for w in self.workers:
+                w.kill()
+            self.workers.clear()
+        for job in list(self.jobs):
+            if job.proc is not None:
+                try:
+                    job.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    job.proc.kill()
+        self._thread.join(timeout=5)
+
+    # ---- the watcher
+
+    def _loop(self, poll_seconds: float) -> None:
+        while not self._stopping.wait(poll_seconds):
+            self.poll()
+
+    def poll(self) -> None:
+        """Reap ended processes, stop jobs whose session is gone, start queued jobs in free slots."""
+        with self._lock:
+            now = time.time()
+            for job in self.jobs:
+                if job.active:
+                    self._check_owner(job, now)
+                if job.state in ("starting", "running") and job.proc is not None:
+                    if job.state == "starting" and job.latest("start"):
+                        job.state = "running"
+                    if job.proc.poll() is not None:
+                        self._reap(job)
+            self._dispatch()
+            self.jobs = [j for j in self.jobs if j.active or now - (j.ended or now) < 24 * 3600]
+
+    def _check_owner(self, job: Job, now: float) -> None:
+        if self.is_alive(job.owner):
+            self._gone_since.pop(job.owner, None)
+            return
+        since = self._gone_since.setdefault(job.owner, now)
+        if now - since >= OWNER_GRACE_SECONDS:
+            self.stop(job)
+
+    def _reap(self, job: Job) -> None:
+        assert job.proc is not None
+        code = job.proc.returncode
+        end = job.latest("end")
+        if end:
+            self._end(job, end.get("status", "error"), end.get("message", ""))
+        elif code == -signal.SIGKILL:
+            self._end(job, "error", "the training process was killed (out of memory?); try a smaller model or batch size")
+        else:
+            tail = job.stderr_tail()
+            self._end(job, "error", f"the training process ended unexpectedly (exit code {code})" + (f": {tail}" if tail else ""))
+        if self.warm:
+            self._top_up_workers()
+
+    def _end(self, job: Job, state: str, message: str) -> None:
+        job.state, job.message, job.ended = state, message, time.time()
+
+    def _top_up_workers(self) -> None:
+        self.workers = [w for w in self.workers if w.alive()]
+        while not self._stopping.is_set() and len(self.workers) + len(self.running()) < self.max_jobs:
+            self.workers.append(Worker(self.env))
+
+    def _dispatch(self) -> None:
+        free = self.max_jobs - len(self.running())
+        for job in [j for j in self.jobs if j.state == "queued"][:max(free, 0)]:
+            argv = ["train", *config_argv(job.model_config, job.train_config), "--out", str(job.run_dir),
+                    "--progress", str(job.progress_path)]
+            stdout, stderr = job.dir / "stdout.log", job.dir / "stderr.log"
+            worker = next((w for w in self.workers if w.alive()), None)
+            if worker is not None:
+                self.workers.remove(worker)
+                job.proc = worker.start(argv, stdout, stderr)
+            else:
+                with open(stdout, "w") as out, open(stderr, "w") as err:
+                    job.proc = subprocess.Popen([sys.executable, "-m", "deconv", *argv], cwd=ROOT, stdout=out,
+                                                stderr=err, stdin=subprocess.DEVNULL, env=self.env,
+                                                start_new_session=True)
+            job.state, job.started = "starting", time.time()
