@@ -27,6 +27,16 @@ class Spec:
     min_len: int | None = None
     max_len: int | None = None
     log: bool = False  # a log-scale knob (the learning rate)
+    step: int = 1  # the slider step in the app
+
+    def grid(self) -> list[float]:
+        """Values 1, 2, 5 per decade within the bounds, for a log-scale slider."""
+        assert self.low is not None and self.high is not None
+        values, decade = [], 10.0 ** math.floor(math.log10(self.low))
+        while decade <= self.high:
+            values += [round(m * decade, 12) for m in (1, 2, 5) if self.low <= m * decade <= self.high]
+            decade *= 10
+        return values
 
     def describe(self) -> str:
         """The allowed values in words, for error messages and help text."""
@@ -124,7 +134,7 @@ _TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
 class ModelConfig(_Config):
     """The network: `blocks` pairs of Conv2D and Conv2DTranspose blocks, then a pooling head and softmax."""
 
-    widths: tuple[int, ...] = spec((32, 64, 128), low=8, high=256, min_len=1, max_len=4,
+    widths: tuple[int, ...] = spec((32, 64, 128), low=8, high=256, min_len=1, max_len=4, step=8,
                                    help="filters of each block (conv and deconv); the number of values is the number of blocks")
     conv_kernel: int = spec(3, low=1, high=7, help="Conv2D kernel size")
     conv_stride: int = spec(2, low=1, high=2, help="Conv2D stride (2 halves the feature map)")
@@ -173,10 +183,10 @@ class ModelConfig(_Config):
 class TrainConfig(_Config):
     """How the network is trained: data sizes, epochs, batch size, learning rate, seed."""
 
-    train_size: int = spec(10_000, low=100, high=50_000, help="training images, equal counts per class")
-    val_size: int = spec(2_000, low=100, high=10_000, help="validation images from test_batch, equal counts per class")
+    train_size: int = spec(10_000, low=100, high=50_000, step=100, help="training images, equal counts per class")
+    val_size: int = spec(2_000, low=100, high=10_000, step=100, help="validation images from test_batch, equal counts per class")
     epochs: int = spec(5, low=1, high=200, help="passes over the training images")
-    batch_size: int = spec(128, low=8, high=1024, help="images per training step")
+    batch_size: int = spec(128, low=8, high=1024, step=8, help="images per training step")
     learning_rate: float = spec(2e-3, low=1e-5, high=10.0, log=True, help="Adam learning rate")
     seed: int = spec(0, low=0, high=2**31 - 1, help="seed for the subset, the weights and the shuffling")
 

@@ -205,6 +205,18 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int, what: str = "train
     return rng.permutation(np.concatenate(picks))
 
 
+def validation_subset(config: TrainConfig, source: DataSource) -> tuple[np.ndarray, np.ndarray]:
+    """The validation images and labels a TrainConfig uses: a stratified draw from test_batch."""
+    xt, yt = read_test(source)
+    val = stratified_indices(yt, config.val_size, config.seed + 1, "val_size")
+    return xt[val], yt[val]
+
+
+def count_train_images(source: DataSource) -> int:
+    """How many training images the folder holds, for limits shown before training."""
+    return sum(len(read_batch(p)[1]) for p in source.train_files)
+
+
 def load_dataset(config: TrainConfig, data_dir: str | os.PathLike[str] | None = None,
                  progress: DownloadProgress | None = None) -> Dataset:
     """The stratified training subset and validation images (from test_batch) for a TrainConfig."""
@@ -212,6 +224,5 @@ def load_dataset(config: TrainConfig, data_dir: str | os.PathLike[str] | None = 
     names = label_names(source)
     x, y = read_train(source)
     train = stratified_indices(y, config.train_size, config.seed, "train_size")
-    xt, yt = read_test(source)
-    val = stratified_indices(yt, config.val_size, config.seed + 1, "val_size")
-    return Dataset(x[train], y[train], xt[val], yt[val], names, source)
+    x_val, y_val = validation_subset(config, source)
+    return Dataset(x[train], y[train], x_val, y_val, names, source)

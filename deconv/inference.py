@@ -111,3 +111,16 @@ def label_names_of(meta: dict[str, Any]) -> list[str]:
 
 
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def classify(model: Any, x: np.ndarray, label_names: list[str], k: int = 5) -> list[Prediction]:
+    """Top-k predictions for a batch of uint8 images (N, 32, 32, 3)."""
+    from deconv.train import predict
+
+    return [top_k(p, label_names, k) for p in predict(model, x)]
+
+
+def enlarge(view: Image.Image | np.ndarray, size: int = 128) -> Image.Image:
+    """The 32x32 view scaled up with square pixels, to show what the model sees."""
+    img = Image.fromarray(view) if isinstance(view, np.ndarray) else view
+    return img.resize((size, size), Image.Resampling.NEAREST)

@@ -71,6 +71,16 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get(RUNS_DIR_ENV) or Path(__file__).resolve().parent.parent / "runs")
 
 
+def new_run_dir(root: str | os.PathLike[str], model_config: ModelConfig) -> Path:
+    """A fresh, readable run directory name under root: date, time and block widths."""
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}_w{'-'.join(map(str, model_config.widths))}"
+    path, n = Path(root) / base, 1
+    while path.exists():
+        n += 1
+        path = Path(root) / f"{base}_{n}"
+    return path
+
+
 def library_versions() -> dict[str, str]:
     """Versions of what trained the run."""
     import keras

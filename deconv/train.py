@@ -154,7 +154,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
     if progress.stopped:
         return TrainResult(model, progress.history, "stopped",
                            f"stopped by request in epoch {progress.epoch + 1} of {train_config.epochs}", seconds)
-    return TrainResult(model, progress.history, "finished", f"trained {train_config.epochs} epochs", seconds)
+    return TrainResult(model, progress.history, "finished", f"trained {train_config.epochs} epoch{'s' if train_config.epochs > 1 else ''}", seconds)
 
 
 def predict(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -169,8 +169,3 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int =
     probs = predict(model, x, batch_size)
     picked = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
     return {"loss": float(-np.log(picked).mean()), "accuracy": float((probs.argmax(1) == y).mean()), "n": int(len(y))}
-
-
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """Counts (10, 10): row = true class, column = predicted class."""
-    return np.bincount(y_true.astype(np.int64) * NUM_CLASSES + y_pred, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)

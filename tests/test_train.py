@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from deconv import data, train
+from deconv import analysis, data, train
 from deconv.config import PRESETS, ModelConfig, TrainConfig
 
 SMALL = ModelConfig(widths=(8,))
@@ -73,8 +73,12 @@ def test_evaluate_and_confusion_matrix(cifar_dir: Path) -> None:
     result = train.train(SMALL, config, ds)
     metrics = train.evaluate(result.model, ds.x_val, ds.y_val)
     assert metrics["n"] == 100 and abs(metrics["accuracy"] - result.history[-1]["val_accuracy"]) < 1e-6
-    cm = train.confusion_matrix(ds.y_val, train.predict(result.model, ds.x_val).argmax(1))
-    assert cm.shape == (10, 10) and cm.sum() == 100 and np.trace(cm) == round(metrics["accuracy"] * 100)
+    rep = analysis.report(train.predict(result.model, ds.x_val), ds.y_val, ds.label_names)
+    assert rep.matrix.shape == (10, 10) and rep.matrix.sum() == 100
+    assert abs(rep.accuracy - metrics["accuracy"]) < 1e-9
+    assert np.allclose(rep.per_class, np.diag(rep.matrix) / rep.matrix.sum(1))
+    wrong = rep.confidently_wrong(3)
+    assert all(p != ds.y_val[i] for i, p, _ in wrong) and [c for *_, c in wrong] == sorted([c for *_, c in wrong], reverse=True)
 
 
 def test_default_preset_learns_real_cifar10_in_one_epoch(real_cifar_dir: Path) -> None:

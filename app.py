@@ -1,0 +1,21 @@
+"""Deconv Lab: declares the pages and the shared sidebar; each page lives in pages/."""
+
+import os
+
+import streamlit as st
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is imported lazily, by the pages that need it
+
+from pages import common  # noqa: E402
+
+st.set_page_config(page_title="Deconv Lab", page_icon=":material/blur_on:", layout="wide")
+common.init_state()
+page = st.navigation([
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/architecture.py", title="Architecture", icon=":material/account_tree:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/classify.py", title="Classify", icon=":material/image_search:"),
+    st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
+])
+common.sidebar()
+page.run()

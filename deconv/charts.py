@@ -1,0 +1,84 @@
+"""Plotly figures the pages show: learning curves, confusion matrix, top-k bars, run overlays."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#ff7f0e"
+
+
+def _layout(fig: go.Figure, height: int) -> go.Figure:
+    """Compact margins and a legend on top."""
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=60, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.12, x=0))
+    return fig
+
+
+def smooth(values: Sequence[float], weight: float) -> list[float]:
+    """TensorBoard's exponential moving average (weight 0 = raw values)."""
+    out, last = [], None
+    for v in values:
+        last = v if last is None else last * weight + (1 - weight) * v
+        out.append(last)
+    return out
+
+
+def learning_curves(history: Sequence[dict[str, Any]], batches: Sequence[dict[str, Any]] = ()) -> go.Figure:
+    """Loss and accuracy per epoch (train and validation), with the current epoch's running values."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    epochs = [h["epoch"] for h in history]
+    for col, key in ((1, "loss"), (2, "accuracy")):
+        fig.add_trace(go.Scatter(x=epochs, y=[h.get(key) for h in history], name="train", mode="lines+markers",
+                                 line=dict(color=TRAIN_COLOUR), showlegend=col == 1), 1, col)
+        val = [(h["epoch"], h[f"val_{key}"]) for h in history if f"val_{key}" in h]
+        fig.add_trace(go.Scatter(x=[v[0] for v in val], y=[v[1] for v in val], name="validation", mode="lines+markers",
+                                 line=dict(color=VAL_COLOUR), showlegend=col == 1), 1, col)
+        if batches:  # the epoch in progress, as a fraction of an epoch
+            xs = [b["epoch"] - 1 + b["batch"] / b["batches"] for b in batches]
+            fig.add_trace(go.Scatter(x=xs, y=[b[key] for b in batches], name="train (this epoch)", mode="lines",
+                                     line=dict(color=TRAIN_COLOUR, dash="dot"), showlegend=col == 1), 1, col)
+    fig.update_xaxes(title_text="epoch", rangemode="tozero")
+    fig.update_yaxes(rangemode="tozero")
+    return _layout(fig, 320)
+
+
+def confusion(matrix: np.ndarray, labels: Sequence[str]) -> go.Figure:
+    """Heatmap of counts: rows are true classes, columns predictions."""
+    fig = go.Figure(go.Heatmap(z=matrix, x=list(labels), y=list(labels), colorscale="Blues", text=matrix,
+                               texttemplate="%{text}", hovertemplate="true %{y}<br>predicted %{x}<br>%{z}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", title_text="true class")
+    fig.update_xaxes(title_text="predicted class")
+    return _layout(fig, 480)
+
+
+def per_class(accuracy: np.ndarray, labels: Sequence[str]) -> go.Figure:
+    """Bar chart of accuracy per class."""
+    fig = go.Figure(go.Bar(x=list(labels), y=accuracy, text=[f"{a:.0%}" for a in accuracy], textposition="outside"))
+    fig.update_yaxes(range=[0, 1.1], tickformat=".0%", title_text="accuracy")
+    return _layout(fig, 300)
+
+
+def top_k(labels: Sequence[str], probabilities: Sequence[float], true_label: str | None = None) -> go.Figure:
+    """Horizontal bars of the top-k probabilities, the true label (if known) in green."""
+    colours = ["#2ca02c" if lab == true_label else TRAIN_COLOUR for lab in labels]
+    fig = go.Figure(go.Bar(x=list(probabilities)[::-1], y=list(labels)[::-1], orientation="h",
+                           marker_color=colours[::-1], text=[f"{p:.1%}" for p in list(probabilities)[::-1]],
+                           textposition="auto"))
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    return _layout(fig, 220)
+
+
+def overlay(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], key: str, weight: float = 0.0) -> go.Figure:
+    """One metric of several runs against epochs, smoothed like TensorBoard."""
+    fig = go.Figure()
+    for name, history in runs:
+        points = [(h["epoch"], h[key]) for h in history if key in h]
+        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=smooth([p[1] for p in points], weight), name=name,
+                                 mode="lines+markers"))
+    fig.update_layout(title=key)
+    fig.update_xaxes(title_text="epoch")
+    return _layout(fig, 320)

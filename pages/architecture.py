@@ -1,0 +1,69 @@
+"""Architecture: every ModelConfig knob, with the network's cost updated on each change."""
+
+import streamlit as st
+
+from deconv.config import PRESETS
+from deconv.cost import describe
+from pages import common
+from pages.common import MODEL, TRAIN, config_widget
+
+SLOW_EPOCH_SECONDS = 300  # above this, say plainly that training will be slow
+
+
+def use_preset(name: str) -> None:
+    """on_click: load a preset into the config and its widgets."""
+    st.session_state[MODEL] = PRESETS[name]
+    st.session_state.pop(f"{MODEL}.error", None)
+    common.sync_widgets(MODEL)
+
+
+st.title("Architecture")
+st.markdown("Choose the blocks of the network. Each block is a Conv2D block followed by a Conv2DTranspose "
+            "(deconv) block, each with BatchNormalization and ReLU; the cost below updates as you move a slider.")
+
+a, b, _ = st.columns([1, 1, 3])
+a.button("Fast default", on_click=use_preset, args=("default",), icon=":material/bolt:",
+         help="3 blocks sized for a 2-core CPU: trains in seconds")
+b.button("The article's network", on_click=use_preset, args=("article",), icon=":material/menu_book:",
+         help="the exact network of the article: 84,325,418 parameters")
+common.config_error(MODEL)
+
+left, right = st.columns([1, 2], gap="large")
+with left:
+    config_widget(MODEL, "blocks", "Number of blocks")
+    config = st.session_state[MODEL]
+    for i in range(config.blocks):
+        config_widget(MODEL, f"width{i}", f"Block {i + 1} width (filters)")
+    c1, c2 = st.columns(2)
+    config_widget(MODEL, "conv_kernel", "Conv kernel", container=c1)
+    config_widget(MODEL, "conv_stride", "Conv stride", container=c2)
+    config_widget(MODEL, "deconv_kernel", "Deconv kernel", container=c1)
+    config_widget(MODEL, "deconv_stride", "Deconv stride", container=c2)
+    config_widget(MODEL, "head", "Head")
+    config = st.session_state[MODEL]
+    if config.head == "adaptive":
+        config_widget(MODEL, "pool_size", "Adaptive pooling output size", high=config.feature_sizes()[-1])
+
+config = st.session_state[MODEL]
+cost = describe(config)
+train_size = st.session_state[TRAIN].train_size
+epoch_seconds = cost.train_seconds_per_epoch(train_size)
+with right:
+    m = st.columns(4)
+    m[0].metric("Parameters", f"{cost.params:,}")
+    m[1].metric("FLOPs per image", common.fmt_count(cost.flops))
+    m[2].metric("Activations per image", f"{cost.activation_bytes / 2**20:.1f} MiB")
+    m[3].metric("Time per epoch", f"~{common.fmt_seconds(epoch_seconds)}",
+                help=f"estimated for {train_size:,} training images on 2 CPU cores from the FLOPs; "
+                     "the Train page shows the real speed")
+    if epoch_seconds > SLOW_EPOCH_SECONDS:
+        st.warning(
+            f"**This network is slow to train here.** One epoch of {train_size:,} images needs about "
+            f"{common.fmt_seconds(epoch_seconds)} on 2 CPU cores ({common.fmt_count(3 * cost.flops)}FLOPs per "
+            f"training image), and its weights alone take {cost.param_bytes / 2**20:,.0f} MiB. "
+            "Try it with a small training subset and one epoch, or use the fast default.",
+            icon=":material/hourglass_top:")
+    sizes = config.feature_sizes()
+    steps = [f"{s}{'↑' if s > p else '↓' if s < p else ''}" for p, s in zip([32, *sizes], sizes)]
+    st.caption("Feature map size through the network: 32 → " + " → ".join(steps) + f" → head ({config.head}{f', {config.pool_size}x{config.pool_size}' if config.head == 'adaptive' else ''})")
+    st.dataframe(cost.as_rows(), hide_index=True, width="stretch", height=min(38 + 35 * len(cost.layers), 560))

@@ -1,0 +1,233 @@
+"""What the pages share: session state, config widgets driven by the config Specs, cached resources."""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from deconv import runs
+from deconv.config import ModelConfig, TrainConfig, field_spec
+from deconv.cost import describe
+
+MODEL, TRAIN, ACTIVE_RUN = "model_config", "train_config", "active_run"
+CONFIG_CLASSES = {MODEL: ModelConfig, TRAIN: TrainConfig}
+CONFIG_FIELDS = {k: {f.name for f in dataclasses.fields(cls)} for k, cls in CONFIG_CLASSES.items()}
+
+
+def init_state() -> None:
+    """Plain session-state keys that outlive page switches (widget keys do not)."""
+    st.session_state.setdefault(MODEL, ModelConfig())
+    st.session_state.setdefault(TRAIN, TrainConfig())
+    st.session_state.setdefault(ACTIVE_RUN, None)
+
+
+def session_id() -> str:
+    """This browser session's id (owner of its training job)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx else "local"
+
+
+def _session_alive(owner: str) -> bool:
+    """Whether a browser session still exists (always true outside a running server)."""
+    from streamlit import runtime
+
+    return not runtime.exists() or runtime.get_instance().is_active_session(owner)
+
+
+@st.cache_resource
+def job_manager() -> Any:
+    """The one JobManager of this server, shared by all sessions on purpose: it holds the training-slot cap."""
+    from deconv.jobs import JobManager, max_jobs_from_env
+
+    manager = JobManager(runs_dir() / ".jobs", max_jobs=max_jobs_from_env(), is_alive=_session_alive)
+    atexit.register(manager.shutdown)
+    return manager
+
+
+def runs_dir() -> Path:
+    """Where runs are saved."""
+    return runs.default_runs_dir()
+
+
+# ---- config widgets: every bound and default comes from the config classes
+
+
+def _widget_key(state_key: str, name: str) -> str:
+    return f"w.{state_key}.{name}"
+
+
+def _widget_value(config: Any, name: str) -> Any:
+    """The value a widget shows: a config field, the number of blocks, or one block's width."""
+    if name == "blocks":
+        return config.blocks
+    if name.startswith("width"):
+        return config.widths[int(name[5:])]
+    return getattr(config, name)
+
+
+def _widget_names(config: Any) -> list[str]:
+    """Every widget name of a config."""
+    names = [f.name for f in dataclasses.fields(config) if f.name != "widths"]
+    return names + (["blocks"] + [f"width{i}" for i in range(config.blocks)] if isinstance(config, ModelConfig) else [])
+
+
+def sync_widgets(state_key: str) -> None:
+    """Set every widget of a config to the config's values (call from callbacks, before widgets exist)."""
+    config = st.session_state[state_key]
+    for name in _widget_names(config):
+        st.session_state[_widget_key(state_key, name)] = _widget_value(config, name)
+
+
+def _apply(state_key: str, name: str) -> None:
+    """on_change: put a widget's value into the config; an invalid combination is refused and explained."""
+    config = st.session_state[state_key]
+    value = st.session_state[_widget_key(state_key, name)]
+    try:
+        if name == "blocks":
+            new = config.with_blocks(value)
+        elif name.startswith("width"):
+            widths = list(config.widths)
+            widths[int(name[5:])] = value
+            new = config.replace(widths=tuple(widths))
+        else:
+            new = config.replace(**{name: value})
+        if isinstance(new, ModelConfig) and new.head == "adaptive" and new.pool_size > new.feature_sizes()[-1]:
+            new = new.replace(pool_size=new.feature_sizes()[-1])  # keep pooling valid as the map shrinks
+    except ValueError as e:
+        st.session_state[f"{state_key}.error"] = str(e)
+        sync_widgets(state_key)  # put the widget back where the config is
+        return
+    st.session_state.pop(f"{state_key}.error", None)
+    st.session_state[state_key] = new
+    sync_widgets(state_key)
+
+
+def config_widget(state_key: str, name: str, label: str | None = None, high: float | None = None,
+                  disabled: bool = False, container: Any = st) -> None:
+    """The widget for one config field: its range and help text come from the field's Spec."""
+    cls = CONFIG_CLASSES[state_key]
+    spec_name = "widths" if name == "blocks" or name.startswith("width") else name
+    s = field_spec(cls, spec_name)
+    key = _widget_key(state_key, name)
+    config = st.session_state[state_key]
+    if high is not None and name in CONFIG_FIELDS[state_key] and getattr(config, name) > high >= s.low:
+        st.session_state[state_key] = config.replace(**{name: type(getattr(config, name))(high)})  # what fits here
+        st.session_state[key] = getattr(st.session_state[state_key], name)
+    if key not in st.session_state:  # first show on this page visit: start from the config
+        st.session_state[key] = _widget_value(st.session_state[state_key], name)
+    label = label or name.replace("_", " ").capitalize()
+    common = dict(key=key, on_change=_apply, args=(state_key, name), help=s.help, disabled=disabled)
+    if name == "blocks":
+        container.slider(label, s.min_len, s.max_len, **common)
+    elif name.startswith("width"):
+        container.slider(label, int(s.low), int(s.high), step=s.step, **common)
+    elif s.choices:
+        container.radio(label, s.choices, horizontal=True, **common)
+    elif s.log:
+        options = sorted(set(s.grid()) | {st.session_state[key]})
+        container.select_slider(label, options, format_func=lambda v: f"{v:g}", **common)
+    elif isinstance(getattr(cls(), name), int) and (high or s.high) - s.low <= 100_000:
+        top = int(min(high, s.high)) if high is not None else int(s.high)
+        if top <= s.low:
+            container.caption(f"{label}: {top} (no other value fits)")
+            return
+        container.slider(label, int(s.low), top, step=s.step, **common)
+    else:
+        container.number_input(label, int(s.low), int(s.high), **common)
+
+
+def config_error(state_key: str) -> None:
+    """Show why the last change was refused, if it was."""
+    message = st.session_state.get(f"{state_key}.error")
+    if message:
+        st.error(f"That change was not applied: {message}.")
+
+
+# ---- models and runs
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model...")
+def load_model(path: str, mtime: float) -> Any:
+    """A run's Keras model, cached per file version."""
+    return runs.load_model(path)
+
+
+def model_for(run: runs.RunInfo) -> Any:
+    """The cached model of a run."""
+    return load_model(str(run.path), (run.path / "model.keras").stat().st_mtime)
+
+
+def active_run() -> runs.RunInfo | None:
+    """The run chosen as the active model, if it still exists and reads."""
+    path = st.session_state.get(ACTIVE_RUN)
+    if not path:
+        return None
+    try:
+        return runs.read_run(path)
+    except runs.RunError:
+        st.session_state[ACTIVE_RUN] = None
+        return None
+
+
+def fmt_count(n: float) -> str:
+    """1234567 -> 1.23 M."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f}"
+
+
+def fmt_seconds(s: float) -> str:
+    """Seconds as s, min or h."""
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def architecture_summary(config: ModelConfig) -> str:
+    """One line: widths, head, parameters, FLOPs."""
+    cost = describe(config)
+    return (f"blocks {'-'.join(map(str, config.widths))}, {config.head} head: {cost.params:,} parameters, "
+            f"{fmt_count(cost.flops)}FLOPs per image")
+
+
+def adopt_finished_run() -> None:
+    """A run this session just finished training becomes the active model (once per job)."""
+    job = job_manager().latest_job(session_id())
+    if job and not job.active and st.session_state.get("adopted_job") != job.id:
+        st.session_state["adopted_job"] = job.id
+        if (job.run_dir / "model.keras").exists():
+            st.session_state[ACTIVE_RUN] = str(job.run_dir)
+
+
+def sidebar() -> None:
+    """The active model and this session's training, on every page."""
+    adopt_finished_run()
+    with st.sidebar:
+        run = active_run()
+        st.caption("Active model")
+        if run:
+            acc = run.best_val_accuracy
+            st.markdown(f"**{run.name}**  \n" + (f"validation accuracy {acc:.1%}" if acc is not None else "not validated"))
+        else:
+            st.markdown("none yet: train one or pick a saved run")
+        job = job_manager().latest_job(session_id())
+        if job and job.active:
+            st.caption("Training")
+            what = "waiting for a slot" if job.state == "queued" else "in progress"
+            st.markdown(f"{what}: {len(job.epochs())} of {job.train_config.epochs} epochs done")
+
+
+def data_dir_hint() -> str:
+    """Where the data comes from, as configured."""
+    env = os.environ.get("DECONV_DATA_DIR")
+    return f"DECONV_DATA_DIR={env}" if env else "the Keras cache (~/.keras/datasets) or a download"

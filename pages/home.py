@@ -1,0 +1,56 @@
+"""Home: what the app does, the idea behind the network, where the data comes from."""
+
+import streamlit as st
+
+from deconv import data
+from pages import common
+
+st.title("Deconv Lab")
+st.markdown(
+    "Design a **deconvolutional network**, train it on CIFAR-10 while you watch it learn, then use it. "
+    "Change the blocks on **Architecture** and see the cost at once; press Train on **Train** and follow the "
+    "curves live; classify your own pictures on **Classify**; keep and compare what you trained on **Runs**.")
+
+st.subheader("The idea")
+st.markdown(
+    "Conv2D blocks extract features; Conv2DTranspose (*deconv*) blocks map them back up to larger feature "
+    "maps; an adaptive pooling head summarises each channel to a fixed size; a softmax layer classifies. "
+    "For an input of size $i$, kernel $k$, stride $s$ and `same` padding:")
+st.latex(r"\text{conv: } o = \left\lceil \tfrac{i}{s} \right\rceil \qquad "
+         r"\text{deconv: } o = i \cdot s \qquad "
+         r"\text{adaptive pool: } o = p \;\text{(any } i\text{)}")
+st.latex(r"\hat{y} = \operatorname{softmax}\!\Big(W \cdot \operatorname{pool}_p\big(\,"
+         r"\underbrace{D_n \circ C_n \circ \cdots \circ D_1 \circ C_1}_{\text{conv } C_j\text{, deconv } D_j}(x)\big) + b\Big)")
+
+st.subheader("The data")
+try:
+    source = data.find_data()
+except data.DataError as e:
+    source = None
+    st.error(f"{e}.")
+if source:
+    st.success(f"CIFAR-10 found: {source.describe()}.")
+    if not source.has_train:
+        st.warning("This folder has test images only: you can classify and evaluate, not train.")
+else:
+    st.info("CIFAR-10 is not on this machine yet. It is downloaded once (163 MB) into the Keras cache, "
+            "the same place `keras.datasets.cifar10` uses; training also downloads it when needed.")
+    if st.button("Download CIFAR-10 now", icon=":material/download:"):
+        bar = st.progress(0.0, text="Downloading CIFAR-10...")
+
+        def progress(done: int, total: int) -> None:
+            bar.progress(min(done / total, 1.0) if total > 0 else 0.0,
+                         text=f"Downloading CIFAR-10: {done / 2**20:.0f} of {max(total, 0) / 2**20:.0f} MB")
+
+        try:
+            found = data.download(progress)
+            st.success(f"Downloaded and extracted to {found.path}.")
+        except data.DataError as e:
+            st.error(f"{e}")
+
+st.subheader("Your model")
+run = common.active_run()
+if run:
+    st.markdown(f"Active model: **{run.name}** ({common.architecture_summary(run.model_config)}).")
+else:
+    st.markdown("No active model yet. Start on **Architecture**, or go straight to **Train** with the fast default.")

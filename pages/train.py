@@ -1,0 +1,161 @@
+"""Train: training settings, Train and Stop, and a live view of this session's training job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from deconv import charts, data, runs
+from deconv.cost import describe
+from pages import common
+from pages.common import MODEL, TRAIN, config_widget
+
+HEAVY_FLOPS = 1e9  # above this, the after-training report uses fewer validation images to stay quick
+HEAVY_REPORT_IMAGES = 100
+
+
+@st.cache_data(show_spinner=False)
+def image_counts(path: str) -> tuple[int, int]:
+    """Training and test images in a data folder."""
+    source = data.DataSource(Path(path), "")
+    return (data.count_train_images(source) if source.has_train else 0), len(data.read_test(source)[1])
+
+
+@st.cache_data(show_spinner="Checking the model on its validation images...", max_entries=8)
+def report_for(path: str, mtime: float) -> Any:
+    """Confusion matrix and per-class accuracy of a saved run."""
+    from deconv import analysis
+
+    info = runs.read_run(path)
+    heavy = describe(info.model_config).flops > HEAVY_FLOPS
+    return analysis.run_report(common.model_for(info), info, HEAVY_REPORT_IMAGES if heavy else None)[0]
+
+
+def start() -> None:
+    """on_click Train: queue a job for this session with the current settings."""
+    model_config = st.session_state[MODEL]
+    common.job_manager().submit(common.session_id(), model_config, st.session_state[TRAIN],
+                                runs.new_run_dir(common.runs_dir(), model_config))
+
+
+def progress_block(job: Any) -> None:
+    """Progress bar, speed and time left of a running job."""
+    batch = job.latest("batch")
+    if batch is None:
+        status, download = job.latest("status"), job.latest("download")
+        if download and download["total"] > 0 and not job.latest("start"):
+            st.progress(min(download["done"] / download["total"], 1.0),
+                        text=f"Downloading CIFAR-10: {download['done'] / 2**20:.0f} of {download['total'] / 2**20:.0f} MB")
+        else:
+            st.progress(0.0, text=(status or {}).get("message", "starting the trainer") + "...")
+        return
+    done = (batch["epoch"] - 1) * batch["batches"] + batch["batch"]
+    total = batch["epochs"] * batch["batches"]
+    st.progress(done / total, text=f"Epoch {batch['epoch']}/{batch['epochs']}, batch {batch['batch']}/{batch['batches']}"
+                f" · {batch['images_per_second']:.0f} images/s · about {common.fmt_seconds(batch['eta'])} left")
+
+
+def curves(job: Any) -> None:
+    """Live loss and accuracy curves."""
+    epochs = job.epochs()
+    current = [e for e in job.events() if e["event"] == "batch" and e["epoch"] == len(epochs) + 1]
+    if epochs or current:
+        st.plotly_chart(charts.learning_curves(epochs, current), key=f"curves-{job.id}")
+
+
+def finished(job: Any) -> None:
+    """What the user gets after training: the verdict, metrics, confusion matrix, per-class accuracy."""
+    ok = {"finished": st.success, "stopped": st.info, "nan": st.error, "error": st.error, "cancelled": st.info}
+    ok.get(job.state, st.info)(job.message[:1].upper() + job.message[1:] + ".")
+    if not (job.run_dir / "model.keras").exists():
+        return
+    info = runs.read_run(job.run_dir)
+    common.adopt_finished_run()  # the sidebar did this already when the app script ran first
+    last = info.history[-1] if info.history else {}
+    m = st.columns(4)
+    m[0].metric("Validation accuracy", f"{last['val_accuracy']:.1%}" if "val_accuracy" in last else "—")
+    m[1].metric("Training accuracy", f"{last['accuracy']:.1%}" if "accuracy" in last else "—")
+    m[2].metric("Epochs", info.meta.get("epochs_completed", len(info.history)))
+    m[3].metric("Training time", common.fmt_seconds(info.meta.get("train_seconds", 0)))
+    curves(job)
+    st.caption(f"Saved as **{info.name}** in {info.path.parent} and made the active model.")
+    try:
+        rep = report_for(str(info.path), (info.path / "model.keras").stat().st_mtime)
+    except (data.DataError, runs.RunError) as e:
+        st.warning(f"No confusion matrix: {e}.")
+        return
+    left, right = st.columns([3, 2])
+    left.markdown(f"**Confusion matrix** ({int(rep.matrix.sum())} validation images)")
+    left.plotly_chart(charts.confusion(rep.matrix, rep.labels), key=f"cm-{job.id}")
+    right.markdown("**Accuracy per class**")
+    right.plotly_chart(charts.per_class(rep.per_class, rep.labels), key=f"pc-{job.id}")
+
+
+def job_view(job_id: str, page_saw_active: bool) -> None:
+    """The job's state; reruns the whole page once when it ends so the buttons come back."""
+    manager = common.job_manager()
+    job = manager.get(job_id)
+    if job is None:
+        return
+    if job.state == "queued":
+        st.info(f"Waiting for a training slot: number {manager.queue_position(job)} in the queue "
+                f"({len(manager.running())} training now, at most {manager.max_jobs} at a time).",
+                icon=":material/hourglass_empty:")
+    elif job.active:
+        progress_block(job)
+        curves(job)
+    elif page_saw_active:
+        st.rerun()
+    else:
+        finished(job)
+
+
+st.title("Train")
+st.markdown("Train the network from **Architecture** on a CIFAR-10 subset and watch it learn; "
+            "you can switch pages while it trains and come back.")
+common.config_error(TRAIN)
+
+manager = common.job_manager()
+job = manager.latest_job(common.session_id())
+busy = bool(job and job.active)
+
+try:
+    source = data.find_data()
+    n_train, n_test = image_counts(str(source.path)) if source else (None, None)
+except data.DataError as e:
+    source, n_train, n_test = None, None, None
+    st.error(f"{e}.")
+
+left, right = st.columns([1, 2], gap="large")
+with left:
+    config_widget(TRAIN, "train_size", "Training images", high=n_train or None, disabled=busy)
+    config_widget(TRAIN, "val_size", "Validation images", high=n_test or None, disabled=busy)
+    config_widget(TRAIN, "epochs", "Epochs", disabled=busy)
+    config_widget(TRAIN, "batch_size", "Batch size", disabled=busy)
+    config_widget(TRAIN, "learning_rate", "Learning rate", disabled=busy)
+    config_widget(TRAIN, "seed", "Seed", disabled=busy)
+    if source:
+        st.caption(f"Data: {source.describe()}, {n_train:,} training and {n_test:,} test images.")
+    else:
+        st.caption("CIFAR-10 is not on this machine: the first training downloads it (163 MB).")
+
+with right:
+    model_config, train_config = st.session_state[MODEL], st.session_state[TRAIN]
+    cost = describe(model_config)
+    estimate = cost.train_seconds_per_epoch(train_config.train_size) * train_config.epochs
+    st.markdown(f"**Network:** {common.architecture_summary(model_config)}.  \n"
+                f"**Estimated training time:** about {common.fmt_seconds(estimate)} for {train_config.epochs} "
+                f"epochs of {train_config.train_size:,} images.")
+    a, b, _ = st.columns([1, 1, 2])
+    a.button("Train", type="primary", icon=":material/play_arrow:", disabled=busy, on_click=start,
+             width="stretch")
+    if busy:
+        label = "Cancel" if job.state == "queued" else "Stop"
+        b.button(label, icon=":material/stop:", on_click=manager.stop, args=(job,), disabled=job.stop_requested,
+                 width="stretch", help="stops after the current batch and keeps the model as it is")
+    if job is None:
+        st.info("Press **Train** to start. The curves appear here after the first batches.")
+    else:
+        st.fragment(job_view, run_every=1.0 if busy else None)(job.id, busy)

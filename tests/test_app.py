@@ -1,0 +1,205 @@
+"""The Streamlit app through AppTest: every page, the cost table, training, stop, classify, runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from deconv import runs
+from deconv.config import ModelConfig
+from tests import images
+from tests.conftest import write_cifar
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = ["pages/home.py", "pages/architecture.py", "pages/train.py", "pages/classify.py", "pages/runs.py"]
+
+
+@pytest.fixture(scope="module")
+def app_env(tmp_path_factory: pytest.TempPathFactory):
+    """A fresh server-wide state: synthetic data, an empty runs folder, a new job manager."""
+    from pages import common
+
+    tmp = tmp_path_factory.mktemp("app")
+    saved = {k: os.environ.get(k) for k in ("DECONV_DATA_DIR", "DECONV_RUNS_DIR")}
+    os.environ["DECONV_DATA_DIR"] = str(write_cifar(tmp / "data", test_per_class=30))
+    os.environ["DECONV_RUNS_DIR"] = str(tmp / "runs")
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield tmp / "runs"
+    common.job_manager().shutdown()
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    for k, v in saved.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def page(name: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    return at.switch_page(name).run()
+
+
+def wait_job(predicate, timeout: float = 120) -> None:
+    from pages import common
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = common.job_manager().jobs[-1] if common.job_manager().jobs else None
+        if job is not None and predicate(job):
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for the job")
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_renders_without_an_exception(app_env: Path, name: str) -> None:
+    at = page(name)
+    assert not at.exception and at.title[0].value
+
+
+def test_home_shows_where_the_data_is(app_env: Path) -> None:
+    at = page("pages/home.py")
+    assert "CIFAR-10 found" in at.success[0].value and "DECONV_DATA_DIR" in at.success[0].value
+
+
+def test_home_says_what_to_do_when_the_data_setting_is_wrong(app_env: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DECONV_DATA_DIR", "/nonexistent/cifar")
+    at = page("pages/home.py")
+    assert not at.exception and "does not hold CIFAR-10" in at.error[0].value
+
+
+def test_a_width_slider_changes_the_parameter_count(app_env: Path) -> None:
+    at = page("pages/architecture.py")
+    before = metric(at, "Parameters")
+    at.slider(key="w.model_config.width0").set_value(64).run()
+    after = metric(at, "Parameters")
+    assert before == "440,618" and after != before and int(after.replace(",", "")) > 440_618
+    at.slider(key="w.model_config.blocks").set_value(1).run()
+    assert len(at.dataframe[0].value) == 1 + 6 + 2  # rescale, one block of 6 layers, pool and classifier
+
+
+def test_the_article_preset_updates_the_table_and_warns_of_its_cost(app_env: Path) -> None:
+    at = page("pages/architecture.py")
+    assert not at.warning
+    button(at, "The article's network").click().run()
+    assert metric(at, "Parameters") == "84,325,418"
+    assert "flatten" in at.dataframe[0].value["type"].str.lower().tolist()
+    assert "slow to train here" in at.warning[0].value and "h" in metric(at, "Time per epoch")
+    button(at, "Fast default").click().run()
+    assert metric(at, "Parameters") == "440,618" and not at.warning
+
+
+def test_an_impossible_combination_is_refused_with_a_reason(app_env: Path) -> None:
+    at = page("pages/architecture.py")
+    at.slider(key="w.model_config.conv_stride").set_value(1).run()
+    at.slider(key="w.model_config.deconv_stride").set_value(2).run()
+    at.slider(key="w.model_config.blocks").set_value(4).run()
+    assert "512x512" in at.error[0].value and at.session_state["model_config"].blocks == 3
+
+
+def small_training(at: AppTest, epochs: int) -> AppTest:
+    at.session_state["model_config"] = ModelConfig(widths=(8,))
+    at.run()
+    at.slider(key="w.train_config.train_size").set_value(300).run()
+    at.slider(key="w.train_config.val_size").set_value(100).run()
+    at.slider(key="w.train_config.epochs").set_value(epochs).run()
+    at.slider(key="w.train_config.batch_size").set_value(24).run()
+    return at
+
+
+def test_training_completes_with_curves_a_confusion_matrix_and_a_saved_run(app_env: Path) -> None:
+    at = small_training(page("pages/train.py"), epochs=2)
+    button(at, "Train").click().run()
+    assert button(at, "Train").disabled and button(at, "Stop")
+    wait_job(lambda job: not job.active)
+    at.run()
+    assert not at.exception
+    assert at.success[0].value == "Trained 2 epochs."
+    assert metric(at, "Epochs") == "2" and metric(at, "Validation accuracy").endswith("%")
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(charts) == 3  # curves, confusion matrix, per-class accuracy
+    assert len(charts[0]["data"][0]["x"]) == 2  # two epochs of training loss
+    saved, broken = runs.list_runs(app_env)
+    assert len(saved) == 1 and not broken and saved[0].model_config == ModelConfig(widths=(8,))
+    assert at.session_state["active_run"] == str(saved[0].path)
+
+
+def test_stop_ends_training_early_and_keeps_the_model(app_env: Path) -> None:
+    at = small_training(page("pages/train.py"), epochs=200)
+    button(at, "Train").click().run()
+    wait_job(lambda job: job.latest("batch") is not None)
+    button(at, "Stop").click().run()
+    wait_job(lambda job: not job.active, timeout=30)
+    at.run()
+    assert "Stopped by request in epoch" in at.info[0].value
+    from pages import common
+
+    job = common.job_manager().jobs[-1]
+    assert job.state == "stopped" and (job.run_dir / "model.keras").exists()
+
+
+def test_classify_uploads_a_good_and_a_bad_file(app_env: Path) -> None:
+    if not runs.list_runs(app_env)[0]:
+        pytest.skip("needs the run trained by the training test")
+    at = page("pages/classify.py")
+    at.file_uploader[0].set_value([("photo.png", images.good()["photo.png"], "image/png"),
+                                   ("notes.png", b"just some text", "image/png")]).run()
+    assert not at.exception
+    assert "notes.png" in at.error[0].value and "not an image" in at.error[0].value
+    table = at.dataframe[0].value
+    assert len(table) == 10 and abs(table["probability"].sum() - 1) < 1e-4
+    assert [c.key for c in at.get("plotly_chart") if not c.key.startswith("top-test")] == ["top-photo.png"]
+
+
+def test_classify_cifar_test_images_with_their_true_labels(app_env: Path) -> None:
+    if not runs.list_runs(app_env)[0]:
+        pytest.skip("needs the run trained by the training test")
+    at = page("pages/classify.py")
+    charts = [c for c in at.get("plotly_chart") if c.key.startswith("top-test image")]
+    assert len(charts) == 8  # eight random test images, each with its top-5 chart
+    assert sum("true:" in m.value or "✓" in m.value for m in at.markdown) == 8
+
+
+def test_runs_page_lists_runs_and_reports_a_broken_one(app_env: Path) -> None:
+    (app_env / "broken-run").mkdir(parents=True, exist_ok=True)
+    at = page("pages/runs.py")
+    assert not at.exception
+    assert "broken-run" in at.error[0].value and "model.keras is missing" in at.error[0].value
+    assert len(at.dataframe[0].value) == len(runs.list_runs(app_env)[0]) >= 1
+
+
+def test_a_session_waiting_for_the_slot_sees_its_place_and_can_cancel(app_env: Path) -> None:
+    from pages import common
+
+    manager = common.job_manager()
+    other = manager.submit("another visitor", ModelConfig(widths=(8,)), at_config(epochs=200), app_env / "other-run")
+    try:
+        at = small_training(page("pages/train.py"), epochs=1)
+        button(at, "Train").click().run()
+        assert "Waiting for a training slot: number 1 in the queue" in at.info[0].value
+        button(at, "Cancel").click().run()
+        at.run()
+        assert "cancelled while waiting" in at.info[0].value.lower()
+        assert not button(at, "Train").disabled
+    finally:
+        manager.stop(other)
+        wait_job(lambda job: not other.active, timeout=60)
+
+
+def at_config(epochs: int):
+    from deconv.config import TrainConfig
+
+    return TrainConfig(train_size=300, val_size=100, epochs=epochs, batch_size=24)
