@@ -18,4 +18,7 @@ page = st.navigation([
     st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
 ])
 common.sidebar()
-page.run()
+try:
+    page.run()
+finally:
+    common.freeze_heavy_imports()  # after the run that first imported TensorFlow, not on every rerun

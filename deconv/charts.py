@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#ff7f0e"
@@ -19,11 +21,11 @@ def _layout(fig: go.Figure, height: int) -> go.Figure:
 
 
 def smooth(values: Sequence[float], weight: float) -> list[float]:
-    """TensorBoard's exponential moving average (weight 0 = raw values)."""
-    out, last = [], None
-    for v in values:
-        last = v if last is None else last * weight + (1 - weight) * v
-        out.append(last)
+    """TensorBoard's debiased exponential moving average (weight 0 = raw values)."""
+    out, last = [], 0.0
+    for i, v in enumerate(values, start=1):
+        last = last * weight + (1 - weight) * v
+        out.append(last / (1 - weight**i) if weight > 0 else v)
     return out
 
 
@@ -50,16 +52,18 @@ def confusion(matrix: np.ndarray, labels: Sequence[str]) -> go.Figure:
     """Heatmap of counts: rows are true classes, columns predictions."""
     fig = go.Figure(go.Heatmap(z=matrix, x=list(labels), y=list(labels), colorscale="Blues", text=matrix,
                                texttemplate="%{text}", hovertemplate="true %{y}<br>predicted %{x}<br>%{z}<extra></extra>"))
-    fig.update_yaxes(autorange="reversed", title_text="true class")
-    fig.update_xaxes(title_text="predicted class")
-    return _layout(fig, 480)
+    fig.update_yaxes(autorange="reversed", title_text="true class", tickmode="linear")
+    fig.update_xaxes(title_text="predicted class", tickmode="linear", tickangle=-45)
+    fig.update_traces(textfont_size=13)
+    return _layout(fig, 560)
 
 
 def per_class(accuracy: np.ndarray, labels: Sequence[str]) -> go.Figure:
     """Bar chart of accuracy per class."""
     fig = go.Figure(go.Bar(x=list(labels), y=accuracy, text=[f"{a:.0%}" for a in accuracy], textposition="outside"))
     fig.update_yaxes(range=[0, 1.1], tickformat=".0%", title_text="accuracy")
-    return _layout(fig, 300)
+    fig.update_xaxes(tickmode="linear", tickangle=-45)
+    return _layout(fig, 360)
 
 
 def top_k(labels: Sequence[str], probabilities: Sequence[float], true_label: str | None = None) -> go.Figure:
@@ -72,13 +76,14 @@ def top_k(labels: Sequence[str], probabilities: Sequence[float], true_label: str
     return _layout(fig, 220)
 
 
-def overlay(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], key: str, weight: float = 0.0) -> go.Figure:
-    """One metric of several runs against epochs, smoothed like TensorBoard."""
+def overlay(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], key: str, title: str,
+            weight: float = 0.0) -> go.Figure:
+    """One metric of several runs against epochs, smoothed like TensorBoard, each run its own colour."""
     fig = go.Figure()
-    for name, history in runs:
+    for (name, history), colour in zip(runs, itertools.cycle(qualitative.D3)):
         points = [(h["epoch"], h[key]) for h in history if key in h]
         fig.add_trace(go.Scatter(x=[p[0] for p in points], y=smooth([p[1] for p in points], weight), name=name,
-                                 mode="lines+markers"))
-    fig.update_layout(title=key)
-    fig.update_xaxes(title_text="epoch")
-    return _layout(fig, 320)
+                                 mode="lines+markers", line=dict(color=colour)))
+    fig.update_xaxes(title_text="epoch", rangemode="tozero")
+    fig.update_yaxes(title_text=title, range=[0, 1] if "accuracy" in key else None, rangemode="tozero")
+    return _layout(fig, 360)

@@ -42,7 +42,11 @@ def _parser_type(name: str, typ: str, s: Spec) -> Callable[[str], Any]:
                 return tuple(int(v) for v in text.split(",") if v.strip())
             if s.choices:
                 return text
+            if typ == "bool":
+                return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[text.lower()]
             return int(text) if typ == "int" else float(text)
+        except KeyError:
+            raise argparse.ArgumentTypeError(f"{name}={text!r} is not valid: allowed true or false") from None
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name}={text!r} is not valid: allowed {s.describe()}") from None
     return parse
@@ -187,8 +191,8 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, args: argparse.
 
     wall = time.time()
     result = training.train(model_config, train_config, dataset, log, stop)
-    last_val = next((e["val_accuracy"] for e in reversed(result.history) if "val_accuracy" in e), None)
     cost = describe(model_config)
+    last_val = final_val_accuracy(result, dataset, cost.flops)
     meta = {"status": result.status, "message": result.message, "train_seconds": result.train_seconds,
             "wall_seconds": time.time() - wall, "epochs_completed": sum(not e.get("partial") for e in result.history),
             "params": cost.params, "flops": cost.flops, "label_names": dataset.label_names,
@@ -206,6 +210,21 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, args: argparse.
                **{k: v for k, v in summary.items() if k not in ("status", "message")})
     _emit(summary)
     return code
+
+
+QUICK_CHECK_FLOPS = 1e9  # a stopped model lighter than this is validated before saving; a heavier one would take minutes
+
+
+def final_val_accuracy(result: Any, dataset: Any, flops: int) -> float | None:
+    """Validation accuracy of the weights being saved: the last epoch's, or measured now after a stop."""
+    from deconv.train import evaluate
+
+    last = result.history[-1] if result.history else {}
+    if "val_accuracy" in last:
+        return last["val_accuracy"]
+    if result.status == "nan" or flops > QUICK_CHECK_FLOPS:
+        return None  # weights restored from an earlier epoch, or too slow to check here
+    return evaluate(result.model, dataset.x_val, dataset.y_val)["accuracy"]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

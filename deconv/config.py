@@ -40,6 +40,8 @@ class Spec:
 
     def describe(self) -> str:
         """The allowed values in words, for error messages and help text."""
+        if self.low is None and self.choices is None:
+            return "true or false"
         if self.choices:
             return "one of " + ", ".join(self.choices)
         rng = f"{_fmt(self.low)} to {_fmt(self.high)}"
@@ -189,6 +191,11 @@ class TrainConfig(_Config):
     batch_size: int = spec(128, low=8, high=1024, step=8, help="images per training step")
     learning_rate: float = spec(2e-3, low=1e-5, high=10.0, log=True, help="Adam learning rate")
     seed: int = spec(0, low=0, high=2**31 - 1, help="seed for the subset, the weights and the shuffling")
+    schedule: str = spec("warmup-cosine", choices=("warmup-cosine", "constant"),
+                         help="warmup-cosine: rise to the learning rate over the first tenth of the steps, then decay to 0")
+    augment: bool = spec(True, help="random horizontal flips and shifts of up to 4 pixels")
+    label_smoothing: float = spec(0.1, low=0.0, high=0.5, help="spread this much of each target over all classes")
+    xla: bool = spec(True, help="compile the training step with XLA (faster on CPU, a few seconds to compile)")
 
 
 PRESETS: dict[str, ModelConfig] = {

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deconv.config import IMAGE_SIZE, NUM_CLASSES, ModelConfig
+from deconv.config import IMAGE_SIZE, NUM_CLASSES, ModelConfig, TrainConfig
 
 BYTES_PER_FLOAT = 4
 # Training FLOPs per image are about three forward passes (forward, two backward products).
 TRAIN_FLOPS_FACTOR = 3
-# Training throughput this project's models reach on a 2-core CPU, in FLOP/s (bench/run.py measures it).
+# Measured on a 2-core CPU (bench/run.py): the FLOP/s large models reach, the per-image cost that
+# small models pay on top (data pipeline, BatchNormalization, framework), and the fixed start-up
+# (reading CIFAR-10, building and compiling the model).
 CPU_TRAIN_FLOPS_PER_SECOND = 40e9
+PER_IMAGE_SECONDS = 2e-3
+STARTUP_SECONDS = 8.0
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,13 @@ class ModelCost:
         return BYTES_PER_FLOAT * self.params
 
     def train_seconds_per_epoch(self, images: int, flops_per_second: float = CPU_TRAIN_FLOPS_PER_SECOND) -> float:
-        """Estimated seconds to train `images` images once at the given throughput."""
-        return images * TRAIN_FLOPS_FACTOR * self.flops / flops_per_second
+        """Estimated seconds to train on `images` images once on a 2-core CPU."""
+        return images * (TRAIN_FLOPS_FACTOR * self.flops / flops_per_second + PER_IMAGE_SECONDS)
+
+    def train_seconds(self, config: TrainConfig) -> float:
+        """Estimated seconds for a whole training: start-up, then each epoch's training and validation."""
+        validate = config.val_size * (self.flops / CPU_TRAIN_FLOPS_PER_SECOND + PER_IMAGE_SECONDS / TRAIN_FLOPS_FACTOR)
+        return STARTUP_SECONDS + config.epochs * (self.train_seconds_per_epoch(config.train_size) + validate)
 
     def as_rows(self) -> list[dict[str, object]]:
         """One plain dict per layer, for a table."""

@@ -154,6 +154,7 @@ class JobManager:
         self.jobs: list[Job] = []
         self.workers: list[Worker] = []
         self._gone_since: dict[str, float] = {}
+        self._sessions: dict[str, str] = {}  # owner -> its latest browser session
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         if warm:
@@ -175,6 +176,11 @@ class JobManager:
             self.jobs.append(job)
             self._dispatch()
             return job
+
+    def touch(self, owner: str, session: str) -> None:
+        """Record the browser session an owner uses now (a refreshed page is a new session)."""
+        with self._lock:
+            self._sessions[owner] = session
 
     def active_job(self, owner: str) -> Job | None:
         """The owner's queued or running job."""
@@ -254,7 +260,7 @@ class JobManager:
             self.jobs = [j for j in self.jobs if j.active or now - (j.ended or now) < 24 * 3600]
 
     def _check_owner(self, job: Job, now: float) -> None:
-        if self.is_alive(job.owner):
+        if self.is_alive(self._sessions.get(job.owner, job.owner)):
             self._gone_since.pop(job.owner, None)
             return
         since = self._gone_since.setdefault(job.owner, now)

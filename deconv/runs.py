@@ -52,6 +52,12 @@ class RunInfo:
         return max(accs) if accs else None
 
     @property
+    def val_accuracy(self) -> float | None:
+        """Validation accuracy of the saved weights (None if they were not validated)."""
+        value = self.meta.get("val_accuracy")
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @property
     def model_bytes(self) -> int:
         """Size of model.keras on disk."""
         return (self.path / "model.keras").stat().st_size

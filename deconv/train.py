@@ -19,6 +19,7 @@ from deconv.model import build_model
 Event = dict[str, Any]
 EventSink = Callable[[Event], None]
 
+SHIFT = 4 / 32  # augmentation shifts of up to 4 pixels, as a fraction of the image
 REPORT_INTERVAL = 0.5  # seconds between batch progress events: enough for the eye, no host sync per batch
 
 
@@ -34,13 +35,19 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
-    """A tf.data pipeline over uint8 images: shuffled indices, gathered and cast to float per batch."""
+def batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool = False, seed: int = 0,
+            augment: bool = False) -> tf.data.Dataset:
+    """A tf.data pipeline over uint8 images: shuffled indices, gathered, cast (and augmented) per batch."""
     images = tf.constant(x)
     labels = tf.constant(y) if y is not None else None
+    flip = keras.layers.RandomFlip("horizontal", seed=seed)
+    shift = keras.layers.RandomTranslation(SHIFT, SHIFT, fill_mode="reflect", seed=seed)
 
+    @tf.autograph.experimental.do_not_convert  # plain tensor code: nothing for AutoGraph to convert
     def gather(idx: tf.Tensor) -> Any:
         xb = tf.cast(tf.gather(images, idx), tf.float32)  # the model's Rescaling layer scales to [0, 1]
+        if augment:
+            xb = shift(flip(xb, training=True), training=True)
         if labels is None:
             return xb
         return xb, tf.one_hot(tf.gather(labels, idx), NUM_CLASSES)
@@ -51,10 +58,21 @@ def batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool 
     return ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def compile_model(model: keras.Model, config: TrainConfig) -> keras.Model:
-    """Adam and categorical cross-entropy, as in the article."""
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                  loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
+def learning_rate(config: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate, or Keras' warmup-cosine schedule over the whole run."""
+    if config.schedule == "constant":
+        return config.learning_rate
+    total = config.epochs * steps_per_epoch
+    warmup = max(1, total // 10)
+    return keras.optimizers.schedules.CosineDecay(config.learning_rate / 10, decay_steps=max(1, total - warmup),
+                                                  warmup_target=config.learning_rate, warmup_steps=warmup)
+
+
+def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int = 1) -> keras.Model:
+    """Adam and categorical cross-entropy, as in the article; optionally XLA-compiled."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+                  metrics=["accuracy"], jit_compile=config.xla)
     return model
 
 
@@ -79,7 +97,7 @@ class ProgressCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch = epoch
-        self.epoch_start = self.last_report = time.perf_counter()
+        self.epoch_start = self.last_report = self.first_step_end = time.perf_counter()
 
     def _check_stop(self) -> None:
         if self.stop.is_set() and not self.stopped:
@@ -91,6 +109,8 @@ class ProgressCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._check_stop()
         now = time.perf_counter()
+        if batch == 0:  # the first step also compiles or warms up: the speed is timed from its end
+            self.first_step_end = now
         if now - self.last_report < self.interval and batch + 1 < self.steps:
             return
         self.last_report = now
@@ -101,7 +121,8 @@ class ProgressCallback(keras.callbacks.Callback):
             self._check_stop()
             return
         done = batch + 1
-        rate = done * self.batch_size / max(now - self.epoch_start, 1e-9)
+        rate = (done - 1) * self.batch_size / max(now - self.first_step_end, 1e-9) if done > 1 \
+            else self.batch_size / max(now - self.epoch_start, 1e-9)
         left = (self.steps - done) + (self.epochs - self.epoch - 1) * self.steps
         self.sink({"event": "batch", "epoch": self.epoch + 1, "epochs": self.epochs, "batch": done,
                    "batches": self.steps, "loss": loss, "accuracy": float(logs.get("accuracy", math.nan)),
@@ -135,13 +156,14 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
     sink = sink or (lambda event: None)
     stop = stop or threading.Event()
     keras.utils.set_random_seed(train_config.seed)
-    model = compile_model(build_model(model_config), train_config)
     steps = math.ceil(len(data.x_train) / train_config.batch_size)
+    model = compile_model(build_model(model_config), train_config, steps)
     progress = ProgressCallback(sink, stop, train_config.epochs, steps, train_config.batch_size)
     sink({"event": "start", "epochs": train_config.epochs, "batches": steps, "train_size": len(data.x_train),
           "val_size": len(data.x_val), "params": model.count_params()})
     start = time.perf_counter()
-    model.fit(batches(data.x_train, data.y_train, train_config.batch_size, shuffle=True, seed=train_config.seed),
+    model.fit(batches(data.x_train, data.y_train, train_config.batch_size, shuffle=True, seed=train_config.seed,
+                      augment=train_config.augment),
               validation_data=batches(data.x_val, data.y_val, train_config.batch_size),
               epochs=train_config.epochs, callbacks=[progress, *(callbacks or [])], shuffle=False, verbose=0)  # the pipeline shuffles
     seconds = time.perf_counter() - start

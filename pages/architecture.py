@@ -49,7 +49,7 @@ cost = describe(config)
 train_size = st.session_state[TRAIN].train_size
 epoch_seconds = cost.train_seconds_per_epoch(train_size)
 with right:
-    m = st.columns(4)
+    m = st.columns(2) + st.columns(2)
     m[0].metric("Parameters", f"{cost.params:,}")
     m[1].metric("FLOPs per image", common.fmt_count(cost.flops))
     m[2].metric("Activations per image", f"{cost.activation_bytes / 2**20:.1f} MiB")

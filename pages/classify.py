@@ -51,7 +51,7 @@ default = next((i for i, r in enumerate(saved) if str(r.path) == active), 0)
 choice = st.selectbox("Model", names, index=default, help="the active model, or any saved run")
 run = saved[names.index(choice)]
 st.caption(common.architecture_summary(run.model_config)
-           + (f"; validation accuracy {run.best_val_accuracy:.1%}" if run.best_val_accuracy is not None else ""))
+           + (f"; validation accuracy {run.val_accuracy:.1%}" if run.val_accuracy is not None else ""))
 try:
     model = common.model_for(run)
 except runs.RunError as e:

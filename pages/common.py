@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import gc
 import os
+import re
+import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +18,50 @@ from deconv import runs
 from deconv.config import ModelConfig, TrainConfig, field_spec
 from deconv.cost import describe
 
-MODEL, TRAIN, ACTIVE_RUN = "model_config", "train_config", "active_run"
+MODEL, TRAIN, ACTIVE_RUN, CLIENT = "model_config", "train_config", "active_run", "client"
 CONFIG_CLASSES = {MODEL: ModelConfig, TRAIN: TrainConfig}
 CONFIG_FIELDS = {k: {f.name for f in dataclasses.fields(cls)} for k, cls in CONFIG_CLASSES.items()}
 
 
 def init_state() -> None:
-    """Plain session-state keys that outlive page switches (widget keys do not)."""
+    """Plain session-state keys that outlive page switches (widget keys do not), and the URL's part.
+
+    The browser's id and the active run's name are also kept in the URL, so that a refresh (a new
+    session) finds its training job and its active model again.
+    """
     st.session_state.setdefault(MODEL, ModelConfig())
     st.session_state.setdefault(TRAIN, TrainConfig())
-    st.session_state.setdefault(ACTIVE_RUN, None)
+    if CLIENT not in st.session_state:
+        given = st.query_params.get(CLIENT, "")
+        st.session_state[CLIENT] = given if re.fullmatch(r"[0-9a-f]{16}", given) else uuid.uuid4().hex[:16]
+    if ACTIVE_RUN not in st.session_state:
+        name = st.query_params.get("model", "")
+        path = runs_dir() / name
+        st.session_state[ACTIVE_RUN] = str(path) if name and "/" not in name and (path / "model.keras").exists() else None
+    wanted = {CLIENT: st.session_state[CLIENT]}
+    if st.session_state[ACTIVE_RUN]:
+        wanted["model"] = Path(st.session_state[ACTIVE_RUN]).name
+    if st.query_params.to_dict() != wanted:
+        st.query_params.from_dict(wanted)
+    job_manager().touch(st.session_state[CLIENT], session_id())
+
+
+def owner() -> str:
+    """Who owns training jobs: this browser (its id survives a refresh through the URL)."""
+    return st.session_state[CLIENT]
+
+
+def freeze_heavy_imports() -> None:
+    """Exclude TensorFlow's objects from garbage collection once it is imported in the server.
+
+    Streamlit runs a full collection, and Keras' clear_session another, after every script run,
+    fragment reruns included; with TensorFlow loaded each took about 0.3 s here, so a live view
+    refreshing every second cost most of a core. After gc.freeze() they take milliseconds.
+    """
+    if "tensorflow" in sys.modules and not getattr(freeze_heavy_imports, "done", False):
+        gc.collect()
+        gc.freeze()
+        freeze_heavy_imports.done = True  # type: ignore[attr-defined]
 
 
 def session_id() -> str:
@@ -202,11 +240,12 @@ def architecture_summary(config: ModelConfig) -> str:
 
 def adopt_finished_run() -> None:
     """A run this session just finished training becomes the active model (once per job)."""
-    job = job_manager().latest_job(session_id())
+    job = job_manager().latest_job(owner())
     if job and not job.active and st.session_state.get("adopted_job") != job.id:
         st.session_state["adopted_job"] = job.id
         if (job.run_dir / "model.keras").exists():
             st.session_state[ACTIVE_RUN] = str(job.run_dir)
+            st.query_params["model"] = job.run_dir.name
 
 
 def sidebar() -> None:
@@ -216,15 +255,14 @@ def sidebar() -> None:
         run = active_run()
         st.caption("Active model")
         if run:
-            acc = run.best_val_accuracy
+            acc = run.val_accuracy
             st.markdown(f"**{run.name}**  \n" + (f"validation accuracy {acc:.1%}" if acc is not None else "not validated"))
         else:
             st.markdown("none yet: train one or pick a saved run")
-        job = job_manager().latest_job(session_id())
+        job = job_manager().latest_job(owner())
         if job and job.active:
             st.caption("Training")
-            what = "waiting for a slot" if job.state == "queued" else "in progress"
-            st.markdown(f"{what}: {len(job.epochs())} of {job.train_config.epochs} epochs done")
+            st.markdown("waiting for a slot" if job.state == "queued" else "in progress: follow it on **Train**")
 
 
 def data_dir_hint() -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from deconv import charts, runs
@@ -14,19 +16,29 @@ METRICS = {"validation accuracy": "val_accuracy", "validation loss": "val_loss",
 
 def run_row(r: runs.RunInfo) -> dict[str, object]:
     """One table row for a run."""
-    acc = r.best_val_accuracy
     return {"run": r.name, "status": r.meta.get("status", "?"), "blocks": "-".join(map(str, r.model_config.widths)),
             "head": r.model_config.head, "parameters": r.meta.get("params"),
             "epochs": r.meta.get("epochs_completed", len(r.history)), "train images": r.train_config.train_size,
-            "best val accuracy": None if acc is None else round(acc, 4),
-            "training time (s)": round(r.meta.get("train_seconds", 0), 1), "size (MB)": round(r.model_bytes / 2**20, 2),
-            "saved": r.meta.get("saved_at", "")}
+            "val accuracy": r.val_accuracy, "best epoch": r.best_val_accuracy,
+            "training time": r.meta.get("train_seconds", 0), "size": r.model_bytes / 2**20,
+            "saved": r.meta.get("saved_at", "")[:16].replace("T", " ")}
+
+
+COLUMNS = {
+    "parameters": st.column_config.NumberColumn(format="localized"),
+    "train images": st.column_config.NumberColumn(format="localized"),
+    "val accuracy": st.column_config.NumberColumn(format="percent", help="of the saved model"),
+    "best epoch": st.column_config.NumberColumn(format="percent", help="the best validation accuracy of any epoch"),
+    "training time": st.column_config.NumberColumn(format="%.0f s"),
+    "size": st.column_config.NumberColumn(format="%.1f MB"),
+}
 
 
 def delete(path: str) -> None:
     """on_click: delete a run (after the confirmation box was ticked)."""
     try:
         runs.delete_run(path)
+        st.toast(f"Deleted {Path(path).name}.", icon=":material/delete:")
     except (runs.RunError, OSError) as e:
         st.session_state["runs.error"] = str(e)
     if st.session_state.get(ACTIVE_RUN) == path:
@@ -45,7 +57,7 @@ if not saved:
     st.info("No saved runs yet: train one on the **Train** page.")
     st.stop()
 
-st.dataframe([run_row(r) for r in saved], hide_index=True, width="stretch")
+st.dataframe([run_row(r) for r in saved], hide_index=True, width="stretch", column_config=COLUMNS)
 
 st.subheader("Compare")
 names = [r.name for r in saved]
@@ -54,13 +66,20 @@ metric = st.radio("Metric", list(METRICS), horizontal=True)
 weight = st.slider("Smoothing", 0.0, 0.95, 0.0, 0.05, help="exponential moving average, as in TensorBoard")
 if chosen:
     histories = [(r.name, r.history) for r in saved if r.name in chosen]
-    st.plotly_chart(charts.overlay(histories, METRICS[metric], weight))
+    st.plotly_chart(charts.overlay(histories, METRICS[metric], metric, weight), theme=None)
 
 st.subheader("One run")
 pick = st.selectbox("Run", names)
 run = saved[names.index(pick)]
-st.json({"model": run.model_config.to_dict(), "train": run.train_config.to_dict(), "status": run.meta.get("status"),
-         "message": run.meta.get("message"), "versions": run.meta.get("versions")}, expanded=False)
+left, right = st.columns(2)
+left.markdown("**Architecture**")
+left.dataframe([{"setting": k, "value": str(v)} for k, v in run.model_config.to_dict().items()], hide_index=True,
+               width="stretch")
+right.markdown("**Training**")
+right.dataframe([{"setting": k, "value": str(v)} for k, v in run.train_config.to_dict().items()], hide_index=True,
+                width="stretch")
+st.caption(f"{run.meta.get('message', '')}; trained with " + ", ".join(
+    f"{k} {v}" for k, v in run.meta.get("versions", {}).items()))
 a, b, c, d = st.columns(4)
 is_active = st.session_state.get(ACTIVE_RUN) == str(run.path)
 a.button("Active model" if is_active else "Make active", disabled=is_active, icon=":material/check_circle:",

@@ -36,7 +36,7 @@ def report_for(path: str, mtime: float) -> Any:
 def start() -> None:
     """on_click Train: queue a job for this session with the current settings."""
     model_config = st.session_state[MODEL]
-    common.job_manager().submit(common.session_id(), model_config, st.session_state[TRAIN],
+    common.job_manager().submit(common.owner(), model_config, st.session_state[TRAIN],
                                 runs.new_run_dir(common.runs_dir(), model_config))
 
 
@@ -53,6 +53,10 @@ def progress_block(job: Any) -> None:
         return
     done = (batch["epoch"] - 1) * batch["batches"] + batch["batch"]
     total = batch["epochs"] * batch["batches"]
+    if job.stop_requested:
+        st.progress(done / total, text=f"Stopping after the current batch (epoch {batch['epoch']}, batch "
+                    f"{batch['batch']}); the model will be saved as it is...")
+        return
     st.progress(done / total, text=f"Epoch {batch['epoch']}/{batch['epochs']}, batch {batch['batch']}/{batch['batches']}"
                 f" · {batch['images_per_second']:.0f} images/s · about {common.fmt_seconds(batch['eta'])} left")
 
@@ -75,9 +79,11 @@ def finished(job: Any) -> None:
     common.adopt_finished_run()  # the sidebar did this already when the app script ran first
     last = info.history[-1] if info.history else {}
     m = st.columns(4)
-    m[0].metric("Validation accuracy", f"{last['val_accuracy']:.1%}" if "val_accuracy" in last else "—")
-    m[1].metric("Training accuracy", f"{last['accuracy']:.1%}" if "accuracy" in last else "—")
-    m[2].metric("Epochs", info.meta.get("epochs_completed", len(info.history)))
+    m[0].metric("Validation accuracy", f"{info.val_accuracy:.1%}" if info.val_accuracy is not None else "—",
+                help="of the saved model, on the validation images")
+    m[1].metric("Training accuracy", f"{last['accuracy']:.1%}" if "accuracy" in last else "—",
+                help="averaged over the last epoch, with augmentation")
+    m[2].metric("Epochs completed", f"{info.meta.get('epochs_completed', len(info.history))} of {info.train_config.epochs}")
     m[3].metric("Training time", common.fmt_seconds(info.meta.get("train_seconds", 0)))
     curves(job)
     st.caption(f"Saved as **{info.name}** in {info.path.parent} and made the active model.")
@@ -118,7 +124,7 @@ st.markdown("Train the network from **Architecture** on a CIFAR-10 subset and wa
 common.config_error(TRAIN)
 
 manager = common.job_manager()
-job = manager.latest_job(common.session_id())
+job = manager.latest_job(common.owner())
 busy = bool(job and job.active)
 
 try:
@@ -144,7 +150,7 @@ with left:
 with right:
     model_config, train_config = st.session_state[MODEL], st.session_state[TRAIN]
     cost = describe(model_config)
-    estimate = cost.train_seconds_per_epoch(train_config.train_size) * train_config.epochs
+    estimate = cost.train_seconds(train_config)
     st.markdown(f"**Network:** {common.architecture_summary(model_config)}.  \n"
                 f"**Estimated training time:** about {common.fmt_seconds(estimate)} for {train_config.epochs} "
                 f"epochs of {train_config.train_size:,} images.")

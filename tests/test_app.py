@@ -128,7 +128,7 @@ def test_training_completes_with_curves_a_confusion_matrix_and_a_saved_run(app_e
     at.run()
     assert not at.exception
     assert at.success[0].value == "Trained 2 epochs."
-    assert metric(at, "Epochs") == "2" and metric(at, "Validation accuracy").endswith("%")
+    assert metric(at, "Epochs completed") == "2 of 2" and metric(at, "Validation accuracy").endswith("%")
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     assert len(charts) == 3  # curves, confusion matrix, per-class accuracy
     assert len(charts[0]["data"][0]["x"]) == 2  # two epochs of training loss
@@ -149,6 +149,9 @@ def test_stop_ends_training_early_and_keeps_the_model(app_env: Path) -> None:
 
     job = common.job_manager().jobs[-1]
     assert job.state == "stopped" and (job.run_dir / "model.keras").exists()
+    info = runs.read_run(job.run_dir)
+    assert info.history[-1].get("partial") and info.val_accuracy is not None  # the saved weights were validated
+    assert metric(at, "Validation accuracy") == f"{info.val_accuracy:.1%}"
 
 
 def test_classify_uploads_a_good_and_a_bad_file(app_env: Path) -> None:
@@ -203,3 +206,21 @@ def at_config(epochs: int):
     from deconv.config import TrainConfig
 
     return TrainConfig(train_size=300, val_size=100, epochs=epochs, batch_size=24)
+
+
+def test_a_refreshed_page_finds_its_training_and_active_model_again(app_env: Path) -> None:
+    from pages import common
+
+    at = small_training(page("pages/train.py"), epochs=200)
+    button(at, "Train").click().run()
+    client = at.session_state["client"]
+    assert at.query_params["client"] in (client, [client])
+    wait_job(lambda job: job.latest("batch") is not None)
+    again = AppTest.from_file(APP, default_timeout=120)  # a refresh: a new session with the same URL
+    again.query_params["client"] = client
+    again.run()
+    again.switch_page("pages/train.py").run()
+    assert again.session_state["client"] == client and button(again, "Stop")
+    button(again, "Stop").click().run()
+    wait_job(lambda job: not job.active, timeout=30)
+    assert common.job_manager().jobs[-1].owner == client

@@ -43,6 +43,7 @@ def test_describe_prints_params_flops_and_layers() -> None:
     (["train", "--out", "x", "--lr", "fast"], "learning_rate='fast' is not valid"),
     (["train", "--out", "x", "--preset", "huge"], "invalid choice: 'huge'"),
     (["train"], "the following arguments are required: --out"),
+    (["train", "--out", "x", "--augment", "maybe"], "augment='maybe' is not valid: allowed true or false"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_flags_exit_2_with_usage_and_the_field(args: list[str], words: str) -> None:

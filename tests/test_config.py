@@ -21,7 +21,7 @@ def test_every_numeric_bound_is_enforced_with_a_message_naming_field_value_and_r
         s = field_spec(cls, f.name)
         if s.low is None or s.min_len is not None:
             continue
-        below = s.low - 1 if isinstance(f.default, int) else s.low / 2
+        below = s.low - 1 if isinstance(f.default, int) else (s.low / 2 if s.low > 0 else s.low - 0.1)
         above = s.high + 1 if isinstance(f.default, int) else s.high * 2
         for bad in (below, above):
             with pytest.raises(ValueError) as err:
@@ -49,6 +49,12 @@ def test_widths_bounds() -> None:
 def test_malformed_values_are_refused(changes: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(changes))):
         TrainConfig(**changes)
+
+
+def test_switches_take_only_booleans() -> None:
+    with pytest.raises(ValueError, match="augment=1 must be true or false"):
+        TrainConfig(augment=1)
+    assert TrainConfig.from_dict({"xla": False}).xla is False
 
 
 def test_choices_and_cross_field_checks() -> None:

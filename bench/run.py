@@ -1,0 +1,211 @@
+"""Benchmarks: measure and print, never assert. `python bench/run.py [--repeats N] [--quick]`.
+
+Writes bench/results.json. Every figure is a median over repeats, each measured in a fresh child
+process (one process tree, run side by side) so that no run inherits another's warm caches.
+Needs DECONV_DATA_DIR (or a Keras-cached CIFAR-10) for the accuracy figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PY = sys.executable
+
+
+def child(code: str, timeout: float = 900) -> dict:
+    """Run a Python snippet in a fresh process; it prints one JSON line last."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([PY, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median(values: list[float]) -> float:
+    """The median, rounded for printing."""
+    return round(statistics.median(values), 3)
+
+
+THROUGHPUT = """
+import json, time, numpy as np, keras
+from deconv.config import preset, TrainConfig
+from deconv.model import build_model
+from deconv.train import batches, compile_model
+from deconv.cost import describe
+cfg = preset({preset!r}); tc = TrainConfig(batch_size={batch}, epochs=1)
+n = {batch} * {steps}
+x = np.random.default_rng(0).integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
+y = np.random.default_rng(1).integers(0, 10, n).astype(np.uint8)
+model = compile_model(build_model(cfg), tc, {steps})
+ds = batches(x, y, {batch}, shuffle=True, augment=tc.augment)
+model.fit(ds.take({warm}), verbose=0)  # compile and warm up
+t = time.perf_counter(); model.fit(ds, verbose=0); s = time.perf_counter() - t
+print(json.dumps({{"images_per_second": n / s, "train_gflops": n * 3 * describe(cfg).flops / s / 1e9}}))
+"""
+
+MATMUL = """
+import json, time, tensorflow as tf
+a = tf.random.normal((2048, 2048)); b = tf.random.normal((2048, 2048)); (a @ b).numpy()
+best = 0
+for _ in range(5):
+    t = time.perf_counter(); (a @ b).numpy(); best = max(best, 2 * 2048**3 / (time.perf_counter() - t) / 1e9)
+print(json.dumps({"gflops": best}))
+"""
+
+LATENCY = """
+import json, time, numpy as np
+from deconv.config import preset
+from deconv.model import build_model
+from deconv.train import predict
+model = build_model(preset("default"))
+one = np.random.default_rng(0).integers(0, 255, (1, 32, 32, 3), dtype=np.uint8)
+many = np.random.default_rng(0).integers(0, 255, (64, 32, 32, 3), dtype=np.uint8)
+for _ in range(5): predict(model, one); predict(model, many)
+ones, batch = [], []
+for _ in range(100):
+    t = time.perf_counter(); predict(model, one); ones.append(time.perf_counter() - t)
+for _ in range(20):
+    t = time.perf_counter(); predict(model, many); batch.append(time.perf_counter() - t)
+ones.sort(); batch.sort()
+print(json.dumps({"p50_ms": ones[50] * 1e3, "p95_ms": ones[95] * 1e3, "batch64_ms": batch[10] * 1e3}))
+"""
+
+PEAK_RSS = """
+import json, resource, numpy as np
+from deconv.config import ModelConfig, TrainConfig
+from deconv.data import Dataset, DataSource
+from deconv.train import train
+from pathlib import Path
+n = 50_000
+rng = np.random.default_rng(0)
+ds = Dataset(rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n).astype(np.uint8),
+             rng.integers(0, 255, (2000, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 2000).astype(np.uint8),
+             [str(i) for i in range(10)], DataSource(Path("."), "synthetic"))
+import threading
+stop = threading.Event()
+seen = []
+def sink(e):
+    seen.append(e)
+    if e["event"] == "batch" and e["batch"] >= 60: stop.set()
+train(ModelConfig(), TrainConfig(train_size=n, epochs=1), ds, sink, stop)
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "dataset_mb": (ds.x_train.nbytes + ds.x_val.nbytes) / 2**20}))
+"""
+
+
+def time_to_accuracy(repeats: int) -> dict:
+    """`python -m deconv train` with its defaults: validation accuracy after each epoch against train seconds."""
+    finals, seconds, curves = [], [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = subprocess.run([PY, "-m", "deconv", "train", "--out", f"{tmp}/run", "--progress", f"{tmp}/p.jsonl"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=1800)
+            if out.returncode != 0:
+                raise RuntimeError(out.stderr[-2000:])
+            summary = json.loads(out.stdout.strip().splitlines()[-1])
+            epochs = [json.loads(line) for line in Path(f"{tmp}/p.jsonl").read_text().splitlines()]
+            curves.append([(round(e["elapsed"], 1), round(e["val_accuracy"], 4)) for e in epochs if e["event"] == "epoch"])
+            finals.append(summary["val_accuracy"])
+            seconds.append(summary["train_seconds"])
+    return {"val_accuracy": median(finals), "train_seconds": median(seconds), "runs": curves}
+
+
+def app_path_ratio(repeats: int) -> dict:
+    """The same small training through the app's JobManager (warm worker) and through the bare CLI."""
+    from deconv.config import ModelConfig, TrainConfig
+    from deconv.jobs import JobManager
+
+    model_config, train_config = ModelConfig(), TrainConfig(train_size=5000, epochs=2)
+    app, cli = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        manager = JobManager(Path(tmp) / ".jobs", max_jobs=1)
+        try:
+            for i in range(repeats):
+                time.sleep(8)  # let the warm worker finish importing TensorFlow, as it has on a real server
+                t = time.perf_counter()
+                job = manager.submit(f"bench{i}", model_config, train_config, Path(tmp) / f"app{i}")
+                while job.active:
+                    time.sleep(0.05)
+                app.append(time.perf_counter() - t)
+                from deconv.jobs import config_argv
+                t = time.perf_counter()
+                subprocess.run([PY, "-m", "deconv", "train", *config_argv(model_config, train_config),
+                                "--out", f"{tmp}/cli{i}"], cwd=ROOT, capture_output=True, check=True)
+                cli.append(time.perf_counter() - t)
+        finally:
+            manager.shutdown()
+    return {"app_seconds": median(app), "cli_seconds": median(cli), "cli_over_app": median([c / a for c, a in zip(cli, app)])}
+
+
+def cold_start(repeats: int) -> dict:
+    """Seconds from `streamlit run app.py` until the first page's script has run (the page is served)."""
+    times = []
+    for _ in range(repeats):
+        port = 8650
+        proc = subprocess.Popen([PY, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                                 "--server.headless", "true"], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        t = time.perf_counter()
+        try:
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://localhost:{port}/_stcore/health", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            times.append(time.perf_counter() - t)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return {"health_seconds": median(times)}
+
+
+def main() -> None:
+    """Measure everything and write bench/results.json."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="skip time-to-accuracy and the app path")
+    args = parser.parse_args()
+    r = args.repeats
+    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"}
+
+    def run(name: str, fn) -> None:
+        t = time.perf_counter()
+        results[name] = fn()
+        print(f"{name:20s} {json.dumps(results[name])[:200]}  ({time.perf_counter() - t:.0f} s)", flush=True)
+
+    run("matmul", lambda: {"gflops": median([child(MATMUL)["gflops"] for _ in range(r)])})
+    default = [child(THROUGHPUT.format(preset="default", batch=128, steps=40, warm=3)) for _ in range(r)]
+    article = [child(THROUGHPUT.format(preset="article", batch=8, steps=2, warm=1), timeout=1800) for _ in range(r)]
+    run("throughput", lambda: {
+        "default_images_per_second": median([d["images_per_second"] for d in default]),
+        "article_images_per_second": median([a["images_per_second"] for a in article]),
+        "default_over_article": median([d["images_per_second"] / a["images_per_second"] for d, a in zip(default, article)]),
+        "default_train_gflops": median([d["train_gflops"] for d in default]),
+        "article_train_gflops": median([a["train_gflops"] for a in article])})
+    results["utilisation"] = round(results["throughput"]["default_train_gflops"] / results["matmul"]["gflops"], 3)
+    run("classify_latency", lambda: {k: median([c[k] for c in [child(LATENCY) for _ in range(r)]])
+                                     for k in ("p50_ms", "p95_ms", "batch64_ms")})
+    run("peak_rss_50k", lambda: child(PEAK_RSS))
+    run("cold_start", lambda: cold_start(r))
+    if not args.quick:
+        run("time_to_accuracy", lambda: time_to_accuracy(r))
+        run("app_path", lambda: app_path_ratio(r))
+    (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
