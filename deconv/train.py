@@ -19,7 +19,7 @@ from deconv.model import build_model
 Event = dict[str, Any]
 EventSink = Callable[[Event], None]
 
-SHIFT = 4 / 32  # augmentation shifts of up to 4 pixels, as a fraction of the image
+SHIFT = 4  # augmentation shifts images by up to this many pixels
 REPORT_INTERVAL = 0.5  # seconds between batch progress events: enough for the eye, no host sync per batch
 
 
@@ -35,19 +35,34 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def shift_and_flip(images: tf.Tensor, seed: int = 0) -> tf.Tensor:
+    """Each image shifted by up to SHIFT pixels (edges reflected) and flipped left-right with probability 1/2."""
+    n, size = tf.shape(images)[0], images.shape[1]
+    padded = tf.pad(images, [[0, 0], [SHIFT, SHIFT], [SHIFT, SHIFT], [0, 0]], mode="REFLECT")
+    offsets = tf.random.uniform((n, 2), 0, 2 * SHIFT + 1, dtype=tf.int32, seed=seed)
+    window = tf.range(size)[None, :]
+    rows = tf.gather(padded, offsets[:, :1] + window, axis=1, batch_dims=1)  # gathers, not a per-image loop
+    shifted = tf.gather(rows, offsets[:, 1:] + window, axis=2, batch_dims=1)
+    flip = tf.random.uniform((n, 1, 1, 1), seed=seed + 1) < 0.5
+    return tf.where(flip, tf.reverse(shifted, axis=[2]), shifted)
+
+
 def batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool = False, seed: int = 0,
-            augment: bool = False) -> tf.data.Dataset:
-    """A tf.data pipeline over uint8 images: shuffled indices, gathered, cast (and augmented) per batch."""
+            augment: bool = False, whole: bool = False) -> tf.data.Dataset:
+    """A tf.data pipeline over uint8 images: shuffled indices, gathered, cast (and augmented) per batch.
+
+    With `whole`, a last smaller batch is dropped (the shuffle brings those images back next epoch):
+    every step then has one shape, and XLA compiles the step once instead of twice.
+    """
     images = tf.constant(x)
     labels = tf.constant(y) if y is not None else None
-    flip = keras.layers.RandomFlip("horizontal", seed=seed)
-    shift = keras.layers.RandomTranslation(SHIFT, SHIFT, fill_mode="reflect", seed=seed)
 
     @tf.autograph.experimental.do_not_convert  # plain tensor code: nothing for AutoGraph to convert
     def gather(idx: tf.Tensor) -> Any:
-        xb = tf.cast(tf.gather(images, idx), tf.float32)  # the model's Rescaling layer scales to [0, 1]
+        xb = tf.gather(images, idx)
         if augment:
-            xb = shift(flip(xb, training=True), training=True)
+            xb = shift_and_flip(xb, seed)
+        xb = tf.cast(xb, tf.float32)  # the model's Rescaling layer scales to [0, 1]
         if labels is None:
             return xb
         return xb, tf.one_hot(tf.gather(labels, idx), NUM_CLASSES)
@@ -55,7 +70,14 @@ def batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool 
     ds = tf.data.Dataset.range(len(x))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=whole)
+    return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def even_batch(n: int, most: int) -> int:
+    """The largest batch size up to `most` that divides n (so evaluation has one batch shape), or `most`."""
+    best = max((b for b in range(1, min(n, most) + 1) if n % b == 0), default=most)
+    return best if best >= min(32, n) else most
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
@@ -156,15 +178,16 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
     sink = sink or (lambda event: None)
     stop = stop or threading.Event()
     keras.utils.set_random_seed(train_config.seed)
-    steps = math.ceil(len(data.x_train) / train_config.batch_size)
+    batch_size = min(train_config.batch_size, len(data.x_train))
+    steps = len(data.x_train) // batch_size
     model = compile_model(build_model(model_config), train_config, steps)
-    progress = ProgressCallback(sink, stop, train_config.epochs, steps, train_config.batch_size)
+    progress = ProgressCallback(sink, stop, train_config.epochs, steps, batch_size)
     sink({"event": "start", "epochs": train_config.epochs, "batches": steps, "train_size": len(data.x_train),
           "val_size": len(data.x_val), "params": model.count_params()})
     start = time.perf_counter()
-    model.fit(batches(data.x_train, data.y_train, train_config.batch_size, shuffle=True, seed=train_config.seed,
-                      augment=train_config.augment),
-              validation_data=batches(data.x_val, data.y_val, train_config.batch_size),
+    model.fit(batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=train_config.seed,
+                      augment=train_config.augment, whole=True),
+              validation_data=batches(data.x_val, data.y_val, even_batch(len(data.x_val), max(batch_size, 100))),
               epochs=train_config.epochs, callbacks=[progress, *(callbacks or [])], shuffle=False, verbose=0)  # the pipeline shuffles
     seconds = time.perf_counter() - start
     if progress.nan:
