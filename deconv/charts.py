@@ -86,4 +86,6 @@ def overlay(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], key: str, titl
                                  mode="lines+markers", line=dict(color=colour)))
     fig.update_xaxes(title_text="epoch", rangemode="tozero")
     fig.update_yaxes(title_text=title, range=[0, 1] if "accuracy" in key else None, rangemode="tozero")
-    return _layout(fig, 360)
+    fig = _layout(fig, 360)
+    fig.update_layout(margin=dict(l=70))  # room for the axis title beside its numbers
+    return fig

@@ -153,7 +153,7 @@ with right:
     estimate = cost.train_seconds(train_config)
     st.markdown(f"**Network:** {common.architecture_summary(model_config)}.  \n"
                 f"**Estimated training time:** about {common.fmt_seconds(estimate)} for {train_config.epochs} "
-                f"epochs of {train_config.train_size:,} images.")
+                f"epoch{'s' if train_config.epochs > 1 else ''} of {train_config.train_size:,} images.")
     a, b, _ = st.columns([1, 1, 2])
     a.button("Train", type="primary", icon=":material/play_arrow:", disabled=busy, on_click=start,
              width="stretch")

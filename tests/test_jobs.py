@@ -102,3 +102,14 @@ def test_a_failing_job_reports_why_and_frees_the_slot(tmp_path: Path) -> None:
         assert job.state == "error" and "DECONV_DATA_DIR" in job.message and manager.running() == []
     finally:
         manager.shutdown()
+
+
+def test_a_killed_trainer_is_reported_and_the_server_side_carries_on(manager: JobManager, tmp_path: Path) -> None:
+    job = manager.submit("a", SMALL_MODEL, LONG_TRAIN, tmp_path / "runs" / "r1")
+    wait_for(lambda: job.latest("batch") is not None)
+    job.proc.kill()  # what the kernel's out-of-memory killer does
+    wait_for(lambda: not job.active, timeout=30)
+    assert job.state == "error" and "out of memory" in job.message and manager.running() == []
+    after = manager.submit("a", SMALL_MODEL, SMALL_TRAIN, tmp_path / "runs" / "r2")
+    wait_for(lambda: not after.active)
+    assert after.state == "finished"
