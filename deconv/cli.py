@@ -153,7 +153,10 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         return _fail(f"{out} already exists and is not empty: choose another --out", 2)
     install_stop_handlers()
-    log = ProgressLog(args.progress)
+    try:
+        log = ProgressLog(args.progress)
+    except OSError as e:
+        return _fail(f"cannot write the progress file {args.progress}: {e.strerror or e}", 2)
     try:
         return _train(model_config, train_config, args, out, STOP, log)
     finally:
@@ -189,8 +192,14 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, args: argparse.
     from deconv import train as training
     from deconv.cost import describe
 
+    import tensorflow as tf
+
     wall = time.time()
-    result = training.train(model_config, train_config, dataset, log, stop)
+    try:
+        result = training.train(model_config, train_config, dataset, log, stop)
+    except (tf.errors.OpError, MemoryError) as e:  # out of memory, or an op the machine cannot run
+        first = (getattr(e, "message", None) or str(e) or type(e).__name__).strip().splitlines()[0][:300]
+        return end("error", f"training failed: {first}; try a smaller model or batch size", 1)
     cost = describe(model_config)
     last_val = final_val_accuracy(result, dataset, cost.flops)
     meta = {"status": result.status, "message": result.message, "train_seconds": result.train_seconds,
@@ -212,17 +221,15 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, args: argparse.
     return code
 
 
-QUICK_CHECK_FLOPS = 1e9  # a stopped model lighter than this is validated before saving; a heavier one would take minutes
-
-
 def final_val_accuracy(result: Any, dataset: Any, flops: int) -> float | None:
     """Validation accuracy of the weights being saved: the last epoch's, or measured now after a stop."""
+    from deconv.cost import HEAVY_FLOPS
     from deconv.train import evaluate
 
     last = result.history[-1] if result.history else {}
     if "val_accuracy" in last:
         return last["val_accuracy"]
-    if result.status == "nan" or flops > QUICK_CHECK_FLOPS:
+    if result.status == "nan" or flops > HEAVY_FLOPS:
         return None  # weights restored from an earlier epoch, or too slow to check here
     return evaluate(result.model, dataset.x_val, dataset.y_val)["accuracy"]
 

@@ -172,13 +172,18 @@ class ModelConfig(_Config):
         if self.head == "adaptive" and self.pool_size > final:
             raise ValueError(f"pool_size={self.pool_size} is larger than the final {final}x{final} feature map: allowed 1 to {final}")
 
+    def adjusted(self, **changes: Any) -> "ModelConfig":
+        """A copy with changes, the adaptive pool size lowered to fit a smaller final map instead of refused."""
+        probe = self.replace(**changes, pool_size=1)
+        return probe.replace(pool_size=min(changes.get("pool_size", self.pool_size), probe.feature_sizes()[-1]))
+
     def with_blocks(self, n: int) -> "ModelConfig":
         """A copy with `n` blocks: extra blocks double the last width (capped), fewer drop the last."""
         s = field_spec(ModelConfig, "widths")
         widths = list(self.widths[:n])
         while len(widths) < n:
             widths.append(int(min(widths[-1] * 2, s.high)))
-        return self.replace(widths=tuple(widths))
+        return self.adjusted(widths=tuple(widths))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ TRAIN_FLOPS_FACTOR = 3
 # (reading CIFAR-10, building and compiling the model).
 CPU_TRAIN_FLOPS_PER_SECOND = 40e9
 PER_IMAGE_SECONDS = 0.2e-3
+HEAVY_FLOPS = 1e9  # forward FLOPs per image above which checking a model on all validation images takes minutes
 STARTUP_SECONDS = 15.0
 
 

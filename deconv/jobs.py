@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MAX_JOBS_ENV = "DECONV_MAX_JOBS"
 ACTIVE = ("queued", "starting", "running")
 OWNER_GRACE_SECONDS = 15.0  # a job whose browser session has been gone this long is stopped
+STOP_GRACE_SECONDS = 60.0  # a job still running this long after Stop is killed
 
 
 def max_jobs_from_env(default: int = 1) -> int:
@@ -91,7 +92,7 @@ class Job:
     started: float | None = None
     ended: float | None = None
     proc: subprocess.Popen | None = None
-    stop_requested: bool = False
+    stop_requested: float = 0.0  # when Stop was asked (0: not asked)
     _events: list[dict[str, Any]] = field(default_factory=list)
     _offset: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -214,7 +215,7 @@ class JobManager:
             if job.state == "queued":
                 self._end(job, "cancelled", "cancelled while waiting for a training slot")
             elif job.active and job.proc is not None and not job.stop_requested:
-                job.stop_requested = True
+                job.stop_requested = time.time()
                 try:
                     os.killpg(job.proc.pid, signal.SIGTERM)
                 except ProcessLookupError:
@@ -242,7 +243,10 @@ class JobManager:
 
     def _loop(self, poll_seconds: float) -> None:
         while not self._stopping.wait(poll_seconds):
-            self.poll()
+            try:
+                self.poll()
+            except OSError as e:  # a process or file that vanished: report it, keep watching the others
+                print(f"deconv jobs: {e}", file=sys.stderr)
 
     def poll(self) -> None:
         """Reap ended processes, stop jobs whose session is gone, start queued jobs in free slots."""
@@ -256,6 +260,8 @@ class JobManager:
                         job.state = "running"
                     if job.proc.poll() is not None:
                         self._reap(job)
+                    elif job.stop_requested and now - job.stop_requested > STOP_GRACE_SECONDS:
+                        os.killpg(job.proc.pid, signal.SIGKILL)  # it did not stop by itself: free the slot
             self._dispatch()
             self.jobs = [j for j in self.jobs if j.active or now - (j.ended or now) < 24 * 3600]
 
@@ -273,6 +279,8 @@ class JobManager:
         end = job.latest("end")
         if end:
             self._end(job, end.get("status", "error"), end.get("message", ""))
+        elif job.stop_requested:
+            self._end(job, "cancelled", "stopped before training began; nothing was saved")
         elif code == -signal.SIGKILL:
             self._end(job, "error", "the training process was killed (out of memory?); try a smaller model or batch size")
         else:
@@ -296,12 +304,16 @@ class JobManager:
                     "--progress", str(job.progress_path)]
             stdout, stderr = job.dir / "stdout.log", job.dir / "stderr.log"
             worker = next((w for w in self.workers if w.alive()), None)
-            if worker is not None:
-                self.workers.remove(worker)
-                job.proc = worker.start(argv, stdout, stderr)
-            else:
-                with open(stdout, "w") as out, open(stderr, "w") as err:
-                    job.proc = subprocess.Popen([sys.executable, "-m", "deconv", *argv], cwd=ROOT, stdout=out,
-                                                stderr=err, stdin=subprocess.DEVNULL, env=self.env,
-                                                start_new_session=True)
+            try:
+                if worker is not None:
+                    self.workers.remove(worker)
+                    job.proc = worker.start(argv, stdout, stderr)
+                else:
+                    with open(stdout, "w") as out, open(stderr, "w") as err:
+                        job.proc = subprocess.Popen([sys.executable, "-m", "deconv", *argv], cwd=ROOT, stdout=out,
+                                                    stderr=err, stdin=subprocess.DEVNULL, env=self.env,
+                                                    start_new_session=True)
+            except OSError as e:  # the worker died just now, or no process could be started
+                self._end(job, "error", f"the trainer could not be started: {e.strerror or e}")
+                continue
             job.state, job.started = "starting", time.time()

@@ -78,13 +78,25 @@ def default_runs_dir() -> Path:
 
 
 def new_run_dir(root: str | os.PathLike[str], model_config: ModelConfig) -> Path:
-    """A fresh, readable run directory name under root: date, time and block widths."""
+    """A fresh run directory under root, named by date, time and block widths, created empty to reserve it."""
     base = f"{time.strftime('%Y%m%d-%H%M%S')}_w{'-'.join(map(str, model_config.widths))}"
-    path, n = Path(root) / base, 1
-    while path.exists():
-        n += 1
-        path = Path(root) / f"{base}_{n}"
-    return path
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = Path(root) / (base if n == 1 else f"{base}_{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunError(f"no free run directory name under {root}")
+
+
+def run_in(root: str | os.PathLike[str], name: str) -> Path | None:
+    """The run called `name` directly under root, or None (names from a URL are not trusted)."""
+    if not name or name != Path(name).name or name.startswith("."):
+        return None
+    path = Path(root) / name
+    return path if (path / "model.keras").is_file() else None
 
 
 def library_versions() -> dict[str, str]:

@@ -24,14 +24,15 @@ def test_images(path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return x, y, data.label_names(source)
 
 
-def show(name: str, original: object, view: np.ndarray, prediction: inference.Prediction, true: str | None) -> None:
+def show(key: str, name: str, original: object, view: np.ndarray, prediction: inference.Prediction,
+         true: str | None) -> None:
     """One image: as uploaded, as the model sees it, and the top-5 chart."""
     a, b, c = st.columns([1, 1, 3], vertical_alignment="center")
     a.image(original, caption=name, width=150)
     b.image(inference.enlarge(view), caption="what the model sees (32x32)", width=128)
     verdict = "" if true is None else (" ✓" if prediction.labels[0] == true else f" ✗ (true: {true})")
     c.markdown(f"**{prediction.labels[0]}** {prediction.probabilities[0]:.0%}{verdict}")
-    c.plotly_chart(charts.top_k(prediction.labels[:TOP], prediction.probabilities[:TOP], true), key=f"top-{name}")
+    c.plotly_chart(charts.top_k(prediction.labels[:TOP], prediction.probabilities[:TOP], true), key=f"top-{key}")
     with c.expander("All ten classes"):
         st.dataframe({"class": prediction.labels, "probability": prediction.probabilities}, hide_index=True,
                      column_config={"probability": st.column_config.ProgressColumn(format="%.4f", min_value=0.0,
@@ -72,8 +73,8 @@ with upload_tab:
             st.error(f"**{f.name}** cannot be classified: {e}.")
     if good:
         predictions = inference.classify(model, np.stack([g[2] for g in good]), labels, k=len(labels))
-        for (name, img, view), pred in zip(good, predictions):
-            show(name, img, view, pred, None)
+        for i, ((name, img, view), pred) in enumerate(zip(good, predictions)):
+            show(f"upload-{i}-{name}", name, img, view, pred, None)
 
 with cifar_tab:
     try:
@@ -86,7 +87,11 @@ with cifar_tab:
     else:
         if st.button("Draw new images", icon=":material/casino:") or "sample_seed" not in st.session_state:
             st.session_state["sample_seed"] = int(np.random.default_rng().integers(2**31))
-        x, y, test_labels = test_images(str(source.path))
-        pick = np.random.default_rng(st.session_state["sample_seed"]).choice(len(x), SAMPLES, replace=False)
+        try:
+            x, y, test_labels = test_images(str(source.path))
+        except data.DataError as e:
+            st.error(f"{e}.")
+            st.stop()
+        pick = np.random.default_rng(st.session_state["sample_seed"]).choice(len(x), min(SAMPLES, len(x)), replace=False)
         for i, pred in zip(pick, inference.classify(model, x[pick], labels, k=len(labels))):
-            show(f"test image {i}", inference.enlarge(x[i], 150), x[i], pred, test_labels[y[i]])
+            show(f"test-{i}", f"test image {i}", inference.enlarge(x[i], 150), x[i], pred, test_labels[y[i]])

@@ -35,9 +35,8 @@ def init_state() -> None:
         given = st.query_params.get(CLIENT, "")
         st.session_state[CLIENT] = given if re.fullmatch(r"[0-9a-f]{16}", given) else uuid.uuid4().hex[:16]
     if ACTIVE_RUN not in st.session_state:
-        name = st.query_params.get("model", "")
-        path = runs_dir() / name
-        st.session_state[ACTIVE_RUN] = str(path) if name and "/" not in name and (path / "model.keras").exists() else None
+        path = runs.run_in(runs_dir(), st.query_params.get("model", ""))
+        st.session_state[ACTIVE_RUN] = str(path) if path else None
     wanted = {CLIENT: st.session_state[CLIENT]}
     if st.session_state[ACTIVE_RUN]:
         wanted["model"] = Path(st.session_state[ACTIVE_RUN]).name
@@ -133,11 +132,11 @@ def _apply(state_key: str, name: str) -> None:
         elif name.startswith("width"):
             widths = list(config.widths)
             widths[int(name[5:])] = value
-            new = config.replace(widths=tuple(widths))
+            new = config.adjusted(widths=tuple(widths))
+        elif isinstance(config, ModelConfig):
+            new = config.adjusted(**{name: value})  # keeps the pooling valid as the map shrinks
         else:
             new = config.replace(**{name: value})
-        if isinstance(new, ModelConfig) and new.head == "adaptive" and new.pool_size > new.feature_sizes()[-1]:
-            new = new.replace(pool_size=new.feature_sizes()[-1])  # keep pooling valid as the map shrinks
     except ValueError as e:
         st.session_state[f"{state_key}.error"] = str(e)
         sync_widgets(state_key)  # put the widget back where the config is
@@ -162,7 +161,10 @@ def config_widget(state_key: str, name: str, label: str | None = None, high: flo
         st.session_state[key] = _widget_value(st.session_state[state_key], name)
     label = label or name.replace("_", " ").capitalize()
     common = dict(key=key, on_change=_apply, args=(state_key, name), help=s.help, disabled=disabled)
-    if name == "blocks":
+    value = getattr(st.session_state[state_key], spec_name)
+    if isinstance(value, bool):
+        container.toggle(label, **common)
+    elif name == "blocks":
         container.slider(label, s.min_len, s.max_len, **common)
     elif name.startswith("width"):
         container.slider(label, int(s.low), int(s.high), step=s.step, **common)
@@ -171,7 +173,9 @@ def config_widget(state_key: str, name: str, label: str | None = None, high: flo
     elif s.log:
         options = sorted(set(s.grid()) | {st.session_state[key]})
         container.select_slider(label, options, format_func=lambda v: f"{v:g}", **common)
-    elif isinstance(getattr(cls(), name), int) and (high or s.high) - s.low <= 100_000:
+    elif isinstance(value, float):
+        container.slider(label, float(s.low), float(s.high), step=0.05, **common)
+    elif isinstance(value, int) and (high or s.high) - s.low <= 100_000:
         top = int(min(high, s.high)) if high is not None else int(s.high)
         if top <= s.low:
             container.caption(f"{label}: {top} (no other value fits)")

@@ -8,12 +8,11 @@ from typing import Any
 import streamlit as st
 
 from deconv import charts, data, runs
-from deconv.cost import describe
+from deconv.cost import HEAVY_FLOPS, describe
 from pages import common
 from pages.common import MODEL, TRAIN, config_widget
 
-HEAVY_FLOPS = 1e9  # above this, the after-training report uses fewer validation images to stay quick
-HEAVY_REPORT_IMAGES = 100
+HEAVY_REPORT_IMAGES = 100  # a heavy model's after-training report uses this many validation images
 
 
 @st.cache_data(show_spinner=False)
@@ -142,6 +141,11 @@ with left:
     config_widget(TRAIN, "batch_size", "Batch size", disabled=busy)
     config_widget(TRAIN, "learning_rate", "Learning rate", disabled=busy)
     config_widget(TRAIN, "seed", "Seed", disabled=busy)
+    with st.expander("More training settings"):
+        config_widget(TRAIN, "schedule", "Learning-rate schedule", disabled=busy)
+        config_widget(TRAIN, "augment", "Augment (flips and shifts)", disabled=busy)
+        config_widget(TRAIN, "label_smoothing", "Label smoothing", disabled=busy)
+        config_widget(TRAIN, "xla", "Compile with XLA", disabled=busy)
     if source:
         st.caption(f"Data: {source.describe()}, {n_train:,} training and {n_test:,} test images.")
     else:
@@ -159,7 +163,7 @@ with right:
              width="stretch")
     if busy:
         label = "Cancel" if job.state == "queued" else "Stop"
-        b.button(label, icon=":material/stop:", on_click=manager.stop, args=(job,), disabled=job.stop_requested,
+        b.button(label, icon=":material/stop:", on_click=manager.stop, args=(job,), disabled=bool(job.stop_requested),
                  width="stretch", help="stops after the current batch and keeps the model as it is")
     if job is None:
         st.info("Press **Train** to start. The curves appear here after the first batches.")

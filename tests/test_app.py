@@ -166,14 +166,14 @@ def test_classify_uploads_a_good_and_a_bad_file(app_env: Path) -> None:
     assert "notes.png" in at.error[0].value and "not an image" in at.error[0].value
     table = at.dataframe[0].value
     assert len(table) == 10 and abs(table["probability"].sum() - 1) < 1e-4
-    assert [c.key for c in at.get("plotly_chart") if not c.key.startswith("top-test")] == ["top-photo.png"]
+    assert [c.key for c in at.get("plotly_chart") if not c.key.startswith("top-test")] == ["top-upload-0-photo.png"]
 
 
 def test_classify_cifar_test_images_with_their_true_labels(app_env: Path) -> None:
     if not runs.list_runs(app_env)[0]:
         pytest.skip("needs the run trained by the training test")
     at = page("pages/classify.py")
-    charts = [c for c in at.get("plotly_chart") if c.key.startswith("top-test image")]
+    charts = [c for c in at.get("plotly_chart") if c.key.startswith("top-test-")]
     assert len(charts) == 8  # eight random test images, each with its top-5 chart
     assert sum("true:" in m.value or "✓" in m.value for m in at.markdown) == 8
 

@@ -1,0 +1,172 @@
+"""End to end in a real browser: the app served by `streamlit run`, driven by Playwright in Debian's Chromium."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests import images
+from tests.conftest import write_cifar
+
+CHROMIUM = shutil.which("chromium")
+MISSING = "needs Debian's Chromium and Playwright: apt-get install chromium && pip install -r requirements-dev.txt"
+HAVE_BROWSER = bool(CHROMIUM) and importlib.util.find_spec("playwright") is not None
+if not HAVE_BROWSER and os.environ.get("DECONV_REQUIRE_BROWSER"):  # CI installs them: never skip there
+    raise RuntimeError(MISSING)
+pytestmark = pytest.mark.skipif(not HAVE_BROWSER, reason=MISSING)
+ROOT = Path(__file__).resolve().parent.parent
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """`streamlit run app.py` on a free port with synthetic data and an empty runs folder."""
+    tmp = tmp_path_factory.mktemp("browser")
+    port = free_port()
+    env = {**os.environ, "DECONV_DATA_DIR": str(write_cifar(tmp / "data", test_per_class=30)),
+           "DECONV_RUNS_DIR": str(tmp / "runs")}
+    log = open(tmp / "streamlit.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.headless", "true", "--server.address", "127.0.0.1"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError((tmp / "streamlit.log").read_text()[-2000:])
+            time.sleep(0.2)
+    yield {"url": url, "runs": tmp / "runs", "tmp": tmp}
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, tmp_path_factory: pytest.TempPathFactory):
+    """One Chromium tab; screenshots go to a folder this prints."""
+    from playwright.sync_api import sync_playwright
+
+    shots = tmp_path_factory.mktemp("screenshots")
+    print(f"\nbrowser screenshots: {shots}")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        tab.shots = shots
+        tab.default_timeout = 90_000
+        yield tab
+        browser.close()
+
+
+def saved_runs(server) -> list[str]:
+    return sorted(p.name for p in server["runs"].iterdir() if (p / "model.keras").exists())
+
+
+def go(page, server, path: str, ready: str) -> None:
+    page.goto(f"{server['url']}/{path}")
+    page.get_by_text(ready, exact=True).first.wait_for()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(page.shots / f"{name}.png"), full_page=True)
+    assert page.locator('[data-testid="stException"]').count() == 0, f"exception box on {name}"
+
+
+@pytest.mark.parametrize("path, ready", [("", "The idea"), ("architecture", "Parameters"), ("train", "Batch size"),
+                                         ("classify", "Classify"), ("runs", "Runs")])
+def test_every_page_loads_without_an_exception(page, server, path: str, ready: str) -> None:
+    go(page, server, path, ready)
+    time.sleep(1)
+    shot(page, f"page-{path or 'home'}")
+
+
+def parameters(page) -> str:
+    return page.get_by_test_id("stMetric").filter(has_text="Parameters").get_by_test_id("stMetricValue").inner_text()
+
+
+def test_moving_a_width_slider_changes_the_parameter_count(page, server) -> None:
+    go(page, server, "architecture", "Parameters")
+    before = parameters(page)
+    page.get_by_role("slider").nth(1).focus()  # block 1 width
+    page.keyboard.press("End")
+    page.wait_for_function("b => !document.body.innerText.includes(b)", arg=before)
+    assert parameters(page) != before
+    shot(page, "architecture-wider")
+    page.get_by_role("button", name="Fast default").click()
+
+
+def start_training(page, server, *epochs_keys: str) -> None:
+    go(page, server, "train", "Batch size")
+    page.get_by_role("slider").nth(2).focus()  # epochs
+    for key in epochs_keys:
+        page.keyboard.press(key)
+    time.sleep(1.5)
+    page.get_by_role("button", name="Train", exact=True).click()
+
+
+def test_training_shows_progress_and_curves_then_a_confusion_matrix_and_a_saved_run(page, server) -> None:
+    start_training(page, server, "Home", "ArrowRight")  # 2 epochs
+    page.get_by_text("images/s").first.wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()  # the curves, growing while it trains
+    shot(page, "train-during")
+    page.get_by_text("Runs", exact=True).first.click()  # leave while it trains
+    time.sleep(2)
+    page.get_by_text("Train", exact=True).first.click()
+    page.get_by_text("Confusion matrix").wait_for()
+    shot(page, "train-done")
+    saved = saved_runs(server)
+    assert len(saved) == 1
+    go(page, server, "runs", "Compare")
+    page.get_by_text(saved[0]).first.wait_for()  # listed (the table itself is drawn on a canvas)
+    shot(page, "runs")
+
+
+def test_stop_ends_training_within_seconds_and_keeps_the_model(page, server) -> None:
+    start_training(page, server, "End")
+    page.get_by_text("images/s").first.wait_for()
+    page.get_by_role("button", name="Stop").click()
+    asked = time.time()
+    page.get_by_text("Stopped by request").wait_for(timeout=60_000)
+    assert time.time() - asked < 30
+    shot(page, "train-stopped")
+    assert len(saved_runs(server)) == 2
+
+
+def test_upload_a_photo_and_a_text_file_named_png(page, server) -> None:
+    tmp = server["tmp"]
+    (tmp / "photo.jpg").write_bytes(images.good()["photo.jpg"])
+    (tmp / "notes.png").write_bytes(b"this is not a picture")
+    go(page, server, "classify", "Your pictures")
+    page.locator('input[type="file"]').set_input_files([str(tmp / "photo.jpg"), str(tmp / "notes.png")])
+    page.get_by_text("notes.png cannot be classified").wait_for()
+    page.get_by_text("All ten classes").wait_for()
+    page.get_by_text("what the model sees (32x32)").first.wait_for()
+    shot(page, "classify-upload")
+
+
+def test_a_refresh_keeps_the_saved_runs(page, server) -> None:
+    go(page, server, "runs", "Compare")
+    page.reload()
+    page.get_by_text("Compare", exact=True).wait_for()
+    for name in saved_runs(server):
+        page.get_by_text(name).first.wait_for()
+    shot(page, "runs-after-refresh")
