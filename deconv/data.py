@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ FILE_HASH = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
 DATA_DIR_ENV = "DECONV_DATA_DIR"
 
 DownloadProgress = Callable[[int, int], None]  # (bytes done, bytes in all or -1)
+PROGRESS_SECONDS = 0.25  # download progress is reported at most this often, and once at the end
 
 
 class DataError(Exception):
@@ -115,8 +117,14 @@ def download(progress: DownloadProgress | None = None) -> DataSource:
     archive = cache / f"{KERAS_CACHE_NAME}_archive"  # the name keras.utils.get_file uses
     if not archive.exists():
         partial = archive.with_suffix(".part")
-        hook = (lambda blocks, size, total: progress(min(blocks * size, total if total > 0 else blocks * size), total)) \
-            if progress else None
+        last = [0.0]
+
+        def hook(blocks: int, size: int, total: int) -> None:
+            done = min(blocks * size, total) if total > 0 else blocks * size
+            if progress and (done == total or time.monotonic() - last[0] >= PROGRESS_SECONDS):
+                last[0] = time.monotonic()
+                progress(done, total)
+
         try:
             urllib.request.urlretrieve(ORIGIN, partial, hook)
         except (urllib.error.URLError, OSError) as e:
