@@ -19,12 +19,13 @@ from typing import Callable
 
 import numpy as np
 
-from deconv.config import NUM_CLASSES, TrainConfig
+from deconv.config import IMAGE_SIZE, NUM_CLASSES, TrainConfig
 
 BATCHES_DIR = "cifar-10-batches-py"
 # The same file, cache name and hash as keras.datasets.cifar10.load_data.
 ORIGIN = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 KERAS_CACHE_NAME = "cifar-10-batches-py-target"
+ARCHIVE_MB = 163  # the size of the download, for people
 FILE_HASH = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
 DATA_DIR_ENV = "DECONV_DATA_DIR"
 
@@ -176,13 +177,13 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         data = np.asarray(d["data"])
         labels = np.asarray(d["labels"], dtype=np.int64)
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE**2 or len(labels) != len(data):
             raise ValueError(f"data is {data.dtype} {data.shape}, labels {labels.shape}")
         if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
             raise ValueError(f"labels outside 0..{NUM_CLASSES - 1}")
     except (KeyError, ValueError, TypeError) as e:
         raise DataError(f"{path} is not a CIFAR-10 batch file: {e}") from None
-    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    images = data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels.astype(np.uint8)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from deconv.config import IMAGE_SIZE
+from deconv.config import IMAGE_SIZE, NUM_CLASSES
 
 MAX_PIXELS = 40_000_000  # larger declared sizes are refused before decoding (decompression bombs)
 MAX_BYTES = 10 * 1024 * 1024  # the same limit as the app's upload size
@@ -70,15 +70,14 @@ def open_image(source: bytes | str | os.PathLike[str]) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(stream)
-            if img.width * img.height > MAX_PIXELS:
-                raise ImageError(f"it declares {img.width}x{img.height} pixels, more than the "
-                                 f"{MAX_PIXELS // 1_000_000}-million-pixel limit")
-            img.seek(0)  # the first frame of an animation
-            img.draft("RGB", (IMAGE_SIZE * 4, IMAGE_SIZE * 4))  # JPEG: decode at a reduced scale, much faster
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            with Image.open(stream) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageError(f"it declares {img.width}x{img.height} pixels, more than the "
+                                     f"{MAX_PIXELS // 1_000_000}-million-pixel limit")
+                img.seek(0)  # the first frame of an animation
+                img.draft("RGB", (IMAGE_SIZE * 4, IMAGE_SIZE * 4))  # JPEG: decode at a reduced scale, much faster
+                img.load()
+                return _to_rgb(ImageOps.exif_transpose(img))  # new images: the file can be closed
     except UnidentifiedImageError:
         raise ImageError("it is not an image Pillow can read (png, jpg, gif, bmp, webp, ...)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -86,6 +85,8 @@ def open_image(source: bytes | str | os.PathLike[str]) -> Image.Image:
                          "(a decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"the image data is damaged or truncated ({e})") from None
+    except (KeyError, TypeError, IndexError) as e:  # malformed metadata (EXIF) that Pillow trips over
+        raise ImageError(f"its metadata is malformed ({type(e).__name__}: {e})") from None
 
 
 def model_view(img: Image.Image) -> Image.Image:
@@ -107,7 +108,7 @@ def top_k(probabilities: np.ndarray, label_names: list[str], k: int = 5) -> Pred
 def label_names_of(meta: dict[str, Any]) -> list[str]:
     """The class names a run recorded, or the standard CIFAR-10 names."""
     names = meta.get("label_names")
-    return list(names) if isinstance(names, list) and len(names) == 10 else list(CIFAR10_LABELS)
+    return list(names) if isinstance(names, list) and len(names) == NUM_CLASSES else list(CIFAR10_LABELS)
 
 
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ MAX_JOBS_ENV = "DECONV_MAX_JOBS"
 ACTIVE = ("queued", "starting", "running")
 OWNER_GRACE_SECONDS = 15.0  # a job whose browser session has been gone this long is stopped
 STOP_GRACE_SECONDS = 60.0  # a job still running this long after Stop is killed
+KEEP_ENDED_SECONDS = 24 * 3600  # an ended job is forgotten (and its logs deleted) after this long
 
 
 def max_jobs_from_env(default: int = 1) -> int:
@@ -263,7 +265,10 @@ class JobManager:
                     elif job.stop_requested and now - job.stop_requested > STOP_GRACE_SECONDS:
                         os.killpg(job.proc.pid, signal.SIGKILL)  # it did not stop by itself: free the slot
             self._dispatch()
-            self.jobs = [j for j in self.jobs if j.active or now - (j.ended or now) < 24 * 3600]
+            old = [j for j in self.jobs if not j.active and now - (j.ended or now) >= KEEP_ENDED_SECONDS]
+            for job in old:  # its run, if any, is saved elsewhere; the logs and progress file can go
+                shutil.rmtree(job.dir, ignore_errors=True)
+            self.jobs = [j for j in self.jobs if j not in old]
 
     def _check_owner(self, job: Job, now: float) -> None:
         if self.is_alive(self._sessions.get(job.owner, job.owner)):

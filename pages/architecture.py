@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from deconv.config import PRESETS
+from deconv.config import IMAGE_SIZE, PRESETS
 from deconv.cost import describe
 from pages import common
 from pages.common import MODEL, TRAIN, config_widget
@@ -64,6 +64,6 @@ with right:
             "Try it with a small training subset and one epoch, or use the fast default.",
             icon=":material/hourglass_top:")
     sizes = config.feature_sizes()
-    steps = [f"{s}{'↑' if s > p else '↓' if s < p else ''}" for p, s in zip([32, *sizes], sizes)]
-    st.caption("Feature map size through the network: 32 → " + " → ".join(steps) + f" → head ({config.head}{f', {config.pool_size}x{config.pool_size}' if config.head == 'adaptive' else ''})")
+    steps = [f"{s}{'↑' if s > p else '↓' if s < p else ''}" for p, s in zip([IMAGE_SIZE, *sizes], sizes)]
+    st.caption(f"Feature map size through the network: {IMAGE_SIZE} → " + " → ".join(steps) + f" → head ({config.head}{f', {config.pool_size}x{config.pool_size}' if config.head == 'adaptive' else ''})")
     st.dataframe(cost.as_rows(), hide_index=True, width="stretch", height=min(38 + 35 * len(cost.layers), 560))

@@ -267,9 +267,3 @@ def sidebar() -> None:
         if job and job.active:
             st.caption("Training")
             st.markdown("waiting for a slot" if job.state == "queued" else "in progress: follow it on **Train**")
-
-
-def data_dir_hint() -> str:
-    """Where the data comes from, as configured."""
-    env = os.environ.get("DECONV_DATA_DIR")
-    return f"DECONV_DATA_DIR={env}" if env else "the Keras cache (~/.keras/datasets) or a download"

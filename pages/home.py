@@ -33,7 +33,7 @@ if source:
     if not source.has_train:
         st.warning("This folder has test images only: you can classify and evaluate, not train.")
 else:
-    st.info("CIFAR-10 is not on this machine yet. It is downloaded once (163 MB) into the Keras cache, "
+    st.info(f"CIFAR-10 is not on this machine yet. It is downloaded once ({data.ARCHIVE_MB} MB) into the Keras cache, "
             "the same place `keras.datasets.cifar10` uses; training also downloads it when needed.")
     if st.button("Download CIFAR-10 now", icon=":material/download:"):
         bar = st.progress(0.0, text="Downloading CIFAR-10...")

@@ -149,7 +149,7 @@ with left:
     if source:
         st.caption(f"Data: {source.describe()}, {n_train:,} training and {n_test:,} test images.")
     else:
-        st.caption("CIFAR-10 is not on this machine: the first training downloads it (163 MB).")
+        st.caption(f"CIFAR-10 is not on this machine: the first training downloads it ({data.ARCHIVE_MB} MB).")
 
 with right:
     model_config, train_config = st.session_state[MODEL], st.session_state[TRAIN]
