@@ -131,6 +131,18 @@ class Job:
         """The per-epoch metrics reported so far."""
         return [e for e in self.events() if e["event"] == "epoch"]
 
+    def current_batches(self) -> list[dict[str, Any]]:
+        """The batch progress events of the epoch under way."""
+        epoch = len(self.epochs()) + 1
+        return [e for e in self.events() if e["event"] == "batch" and e["epoch"] == epoch]
+
+    def fraction_done(self) -> float:
+        """How much of all the training steps is done, 0 to 1."""
+        batch = self.latest("batch")
+        if batch is None:
+            return 0.0
+        return ((batch["epoch"] - 1) * batch["batches"] + batch["batch"]) / (batch["epochs"] * batch["batches"])
+
     def latest(self, kind: str) -> dict[str, Any] | None:
         """The last event of a kind ("batch", "download", "status", "end", ...)."""
         return next((e for e in reversed(self.events()) if e["event"] == kind), None)
@@ -296,6 +308,8 @@ class JobManager:
 
     def _end(self, job: Job, state: str, message: str) -> None:
         job.state, job.message, job.ended = state, message, time.time()
+        if job.run_dir.is_dir() and not any(job.run_dir.iterdir()):
+            job.run_dir.rmdir()  # nothing was saved: give back the reserved name
 
     def _top_up_workers(self) -> None:
         self.workers = [w for w in self.workers if w.alive()]

@@ -190,6 +190,8 @@ def list_runs(root: str | os.PathLike[str] | None = None) -> tuple[list[RunInfo]
     if not root.is_dir():
         return good, bad
     for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not any(path.iterdir()):
+            continue  # a name reserved by new_run_dir for a training still under way
         try:
             good.append(read_run(path))
         except RunError as e:

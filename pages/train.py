@@ -50,20 +50,17 @@ def progress_block(job: Any) -> None:
         else:
             st.progress(0.0, text=(status or {}).get("message", "starting the trainer") + "...")
         return
-    done = (batch["epoch"] - 1) * batch["batches"] + batch["batch"]
-    total = batch["epochs"] * batch["batches"]
     if job.stop_requested:
-        st.progress(done / total, text=f"Stopping after the current batch (epoch {batch['epoch']}, batch "
+        st.progress(job.fraction_done(), text=f"Stopping after the current batch (epoch {batch['epoch']}, batch "
                     f"{batch['batch']}); the model will be saved as it is...")
         return
-    st.progress(done / total, text=f"Epoch {batch['epoch']}/{batch['epochs']}, batch {batch['batch']}/{batch['batches']}"
+    st.progress(job.fraction_done(), text=f"Epoch {batch['epoch']}/{batch['epochs']}, batch {batch['batch']}/{batch['batches']}"
                 f" · {batch['images_per_second']:.0f} images/s · about {common.fmt_seconds(batch['eta'])} left")
 
 
 def curves(job: Any) -> None:
     """Live loss and accuracy curves."""
-    epochs = job.epochs()
-    current = [e for e in job.events() if e["event"] == "batch" and e["epoch"] == len(epochs) + 1]
+    epochs, current = job.epochs(), job.current_batches()
     if epochs or current:
         st.plotly_chart(charts.learning_curves(epochs, current), key=f"curves-{job.id}")
 

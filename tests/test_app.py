@@ -180,6 +180,7 @@ def test_classify_cifar_test_images_with_their_true_labels(app_env: Path) -> Non
 
 def test_runs_page_lists_runs_and_reports_a_broken_one(app_env: Path) -> None:
     (app_env / "broken-run").mkdir(parents=True, exist_ok=True)
+    (app_env / "broken-run" / "config.json").write_text("{}")  # a run whose model.keras is gone
     at = page("pages/runs.py")
     assert not at.exception
     assert "broken-run" in at.error[0].value and "model.keras is missing" in at.error[0].value

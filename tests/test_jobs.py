@@ -47,7 +47,7 @@ def test_a_job_trains_writes_progress_and_saves_a_run(manager: JobManager, tmp_p
     job = manager.submit("a", SMALL_MODEL, SMALL_TRAIN, tmp_path / "runs" / "r1")
     wait_for(lambda: not job.active)
     assert job.state == "finished", job.message
-    assert len(job.epochs()) == 2 and job.latest("end")["status"] == "finished"
+    assert len(job.epochs()) == 2 and job.latest("end")["status"] == "finished" and job.fraction_done() == 1.0
     info = runs.read_run(job.run_dir)
     assert info.model_config == SMALL_MODEL and len(info.history) == 2
     assert runs.list_runs(tmp_path / "runs")[1] == []  # the jobs folder is not taken for a broken run
@@ -78,8 +78,10 @@ def test_one_job_per_owner_and_a_capped_queue(manager: JobManager, tmp_path: Pat
 def test_a_queued_job_can_be_cancelled(manager: JobManager, tmp_path: Path) -> None:
     first = manager.submit("a", SMALL_MODEL, LONG_TRAIN, tmp_path / "runs" / "r1")
     second = manager.submit("b", SMALL_MODEL, SMALL_TRAIN, tmp_path / "runs" / "r2")
+    (tmp_path / "runs" / "r2").mkdir(parents=True)  # reserved as the app does
     manager.stop(second)
     assert second.state == "cancelled" and manager.queue_position(second) == 0
+    assert not (tmp_path / "runs" / "r2").exists() and runs.list_runs(tmp_path / "runs")[1] == []
     manager.stop(first)
     wait_for(lambda: not first.active)
 
