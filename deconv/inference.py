@@ -125,3 +125,9 @@ def enlarge(view: Image.Image | np.ndarray, size: int = 128) -> Image.Image:
     """The 32x32 view scaled up with square pixels, to show what the model sees."""
     img = Image.fromarray(view) if isinstance(view, np.ndarray) else view
     return img.resize((size, size), Image.Resampling.NEAREST)
+
+
+def preview(img: Image.Image, size: int = 150) -> Image.Image:
+    """A copy that fits in size x size, keeping the aspect ratio, never thinner than one pixel."""
+    scale = min(1.0, size / img.width, size / img.height)
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)

@@ -77,17 +77,27 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get(RUNS_DIR_ENV) or Path(__file__).resolve().parent.parent / "runs")
 
 
+def run_name(model_config: ModelConfig) -> str:
+    """A run's name: date, time and block widths."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}_w{'-'.join(map(str, model_config.widths))}"
+
+
 def new_run_dir(root: str | os.PathLike[str], model_config: ModelConfig) -> Path:
-    """A fresh run directory under root, named by date, time and block widths, created empty to reserve it."""
-    base = f"{time.strftime('%Y%m%d-%H%M%S')}_w{'-'.join(map(str, model_config.widths))}"
-    Path(root).mkdir(parents=True, exist_ok=True)
-    for n in range(1, 1000):
-        path = Path(root) / (base if n == 1 else f"{base}_{n}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
+    """A fresh run directory under root, named by run_name, created empty to reserve it."""
+    base = run_name(model_config)
+    if Path(root).exists() and not Path(root).is_dir():
+        raise RunError(f"cannot create a run folder in {root}: it is a file, not a folder")
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            path = Path(root) / (base if n == 1 else f"{base}_{n}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise RunError(f"cannot create a run folder in {root}: {e.strerror or e}") from None
     raise RunError(f"no free run directory name under {root}")
 
 
@@ -121,6 +131,8 @@ def save_run(run_dir: str | os.PathLike[str], model: Any, model_config: ModelCon
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise RunError(f"{run_dir} already exists and is not empty: choose another --out")
     parent = run_dir.parent
+    if parent.exists() and not parent.is_dir():
+        raise RunError(f"cannot create the run in {parent}: it is a file, not a folder")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=parent))
@@ -189,13 +201,19 @@ def list_runs(root: str | os.PathLike[str] | None = None) -> tuple[list[RunInfo]
     good, bad = [], []
     if not root.is_dir():
         return good, bad
-    for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not any(path.iterdir()):
-            continue  # a name reserved by new_run_dir for a training still under way
+    try:
+        paths = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as e:
+        return good, [(root, f"the runs folder cannot be read: {e.strerror or e}")]
+    for path in paths:
         try:
+            if not any(path.iterdir()):
+                continue  # a name reserved by new_run_dir for a training still under way
             good.append(read_run(path))
         except RunError as e:
             bad.append((path, str(e)))
+        except OSError as e:
+            bad.append((path, f"cannot be read: {e.strerror or e}"))
     good.sort(key=lambda r: str(r.meta.get("saved_at", "")), reverse=True)
     return good, bad
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
+from PIL import Image
 
 from deconv import charts, data, inference, runs
 from pages import common
@@ -24,11 +25,11 @@ def test_images(path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return x, y, data.label_names(source)
 
 
-def show(key: str, name: str, original: object, view: np.ndarray, prediction: inference.Prediction,
+def show(key: str, name: str, original: Image.Image, view: np.ndarray, prediction: inference.Prediction,
          true: str | None) -> None:
     """One image: as uploaded, as the model sees it, and the top-5 chart."""
     a, b, c = st.columns([1, 1, 3], vertical_alignment="center")
-    a.image(original, caption=name, width=150)
+    a.image(inference.preview(original), caption=name)
     b.image(inference.enlarge(view), caption="what the model sees (32x32)", width=128)
     verdict = "" if true is None else (" ✓" if prediction.labels[0] == true else f" ✗ (true: {true})")
     c.markdown(f"**{prediction.labels[0]}** {prediction.probabilities[0]:.0%}{verdict}")

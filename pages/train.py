@@ -13,6 +13,7 @@ from pages import common
 from pages.common import MODEL, TRAIN, config_widget
 
 HEAVY_REPORT_IMAGES = 100  # a heavy model's after-training report uses this many validation images
+SAVE_PROBLEM = "save_problem"  # session key: why the runs folder cannot take the next run
 
 
 @st.cache_data(show_spinner=False)
@@ -35,8 +36,13 @@ def report_for(path: str, mtime: float) -> Any:
 def start() -> None:
     """on_click Train: queue a job for this session with the current settings."""
     model_config = st.session_state[MODEL]
-    common.job_manager().submit(common.owner(), model_config, st.session_state[TRAIN],
-                                runs.new_run_dir(common.runs_dir(), model_config))
+    st.session_state.pop(SAVE_PROBLEM, None)
+    try:
+        run_dir = runs.new_run_dir(common.runs_dir(), model_config)
+    except runs.RunError as e:  # train anyway: the result is shown even if the model cannot be kept
+        st.session_state[SAVE_PROBLEM] = f"{e}. The network trains and its result is shown, but it cannot be saved"
+        run_dir = Path(common.runs_dir()) / runs.run_name(model_config)
+    common.job_manager().submit(common.owner(), model_config, st.session_state[TRAIN], run_dir)
 
 
 def progress_block(job: Any) -> None:
@@ -70,6 +76,7 @@ def finished(job: Any) -> None:
     ok = {"finished": st.success, "stopped": st.info, "nan": st.error, "error": st.error, "cancelled": st.info}
     ok.get(job.state, st.info)(job.message[:1].upper() + job.message[1:] + ".")
     if not (job.run_dir / "model.keras").exists():
+        unsaved(job)
         return
     info = runs.read_run(job.run_dir)
     common.adopt_finished_run()  # the sidebar did this already when the app script ran first
@@ -93,6 +100,20 @@ def finished(job: Any) -> None:
     left.plotly_chart(charts.confusion(rep.matrix, rep.labels), key=f"cm-{job.id}")
     right.markdown("**Accuracy per class**")
     right.plotly_chart(charts.per_class(rep.per_class, rep.labels), key=f"pc-{job.id}")
+
+
+def unsaved(job: Any) -> None:
+    """What a job that trained but could not save still tells: its last epoch's figures and its curves."""
+    epochs = job.epochs()
+    if not epochs:
+        return
+    last = epochs[-1]
+    m = st.columns(3)
+    m[0].metric("Validation accuracy", f"{last['val_accuracy']:.1%}" if "val_accuracy" in last else "—",
+                help="after the last complete epoch; the model itself was not saved")
+    m[1].metric("Training accuracy", f"{last['accuracy']:.1%}" if "accuracy" in last else "—")
+    m[2].metric("Epochs completed", f"{sum(not e.get('partial') for e in epochs)} of {last['epochs']}")
+    curves(job)
 
 
 def job_view(job_id: str, page_saw_active: bool) -> None:
@@ -162,6 +183,8 @@ with right:
         label = "Cancel" if job.state == "queued" else "Stop"
         b.button(label, icon=":material/stop:", on_click=manager.stop, args=(job,), disabled=bool(job.stop_requested),
                  width="stretch", help="stops after the current batch and keeps the model as it is")
+    if SAVE_PROBLEM in st.session_state:
+        st.warning(st.session_state[SAVE_PROBLEM] + ".")
     if job is None:
         st.info("Press **Train** to start. The curves appear here after the first batches.")
     else:

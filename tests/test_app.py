@@ -139,6 +139,24 @@ def test_training_completes_with_curves_a_confusion_matrix_and_a_saved_run(app_e
     assert at.session_state["active_run"] == str(saved[0].path)
 
 
+def test_a_runs_folder_that_cannot_be_written_still_shows_the_training_result(app_env: Path, monkeypatch) -> None:
+    blocked = app_env.parent / "runs-is-a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("DECONV_RUNS_DIR", str(blocked))
+    at = small_training(page("pages/train.py"), epochs=1)
+    button(at, "Train").click().run()
+    assert not at.exception and "it is a file, not a folder" in at.warning[0].value
+    wait_job(lambda job: not job.active)
+    at.run()
+    assert not at.exception
+    assert "Trained 1 epoch, but" in at.error[0].value and "not a folder" in at.error[0].value
+    assert metric(at, "Validation accuracy").endswith("%") and metric(at, "Epochs completed") == "1 of 1"
+    assert len(at.get("plotly_chart")) == 1  # the learning curves
+    assert blocked.read_text() == "not a folder"
+    for name in PAGES:  # and every page still works
+        assert not page(name).exception
+
+
 def test_stop_ends_training_early_and_keeps_the_model(app_env: Path) -> None:
     at = small_training(page("pages/train.py"), epochs=200)
     button(at, "Train").click().run()
@@ -167,6 +185,28 @@ def test_classify_uploads_a_good_and_a_bad_file(app_env: Path) -> None:
     table = at.dataframe[0].value
     assert len(table) == 10 and abs(table["probability"].sum() - 1) < 1e-4
     assert [c.key for c in at.get("plotly_chart") if not c.key.startswith("top-test")] == ["top-upload-0-photo.png"]
+
+
+def test_every_file_of_the_bad_input_corpus_gets_a_message_or_a_prediction(app_env: Path) -> None:
+    import resource
+
+    if not runs.list_runs(app_env)[0]:
+        pytest.skip("needs the run trained by the training test")
+    good, bad = images.good(), images.bad()
+    at = page("pages/classify.py")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    at.file_uploader[0].set_value([(name, content, "image/png") for name, content in {**bad, **good}.items()]).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == len(bad) and all(f"**{name}** cannot be classified" in e for name, e in zip(bad, errors))
+    assert "pixels" in errors[list(bad).index("bomb.png")]
+    shown = sorted(c.key.removeprefix("top-upload-").split("-", 1)[1] for c in at.get("plotly_chart")
+                   if c.key.startswith("top-upload-"))
+    assert shown == sorted(good)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 300, f"the server's peak memory grew by {grown_mb:.0f} MB for {len(good) + len(bad)} small files"
+    again = page("pages/classify.py")  # the server still serves
+    assert not again.exception and again.file_uploader
 
 
 def test_classify_cifar_test_images_with_their_true_labels(app_env: Path) -> None:

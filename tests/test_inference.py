@@ -18,6 +18,14 @@ def test_awkward_valid_images_become_32x32_rgb(name: str) -> None:
     assert x.shape == (32, 32, 3) and x.dtype == np.uint8
 
 
+@pytest.mark.parametrize("name", list(images.good()))
+def test_previews_fit_150_pixels_and_keep_at_least_one(name: str) -> None:
+    img = inference.open_image(images.good()[name])
+    small = inference.preview(img)
+    assert 1 <= small.width <= 150 and 1 <= small.height <= 150
+    assert max(small.size) == min(150, max(img.size))  # as large as fits, never enlarged
+
+
 @pytest.mark.parametrize("name", list(images.bad()))
 def test_bad_files_get_a_clear_error(name: str) -> None:
     with pytest.raises(inference.ImageError) as err:

@@ -49,6 +49,9 @@ def test_an_unwritable_place_gives_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     with pytest.raises(runs.RunError, match="cannot create the run"):
         save(tmp_path / "afile" / "run1")
+    with pytest.raises(runs.RunError, match="it is a file, not a folder"):
+        runs.new_run_dir(tmp_path / "afile", ModelConfig())
+    assert runs.list_runs(tmp_path / "afile") == ([], [])
 
 
 def test_a_full_disk_leaves_no_half_written_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
