@@ -10,15 +10,11 @@ from pages import common  # noqa: E402
 
 st.set_page_config(page_title="Deconv Lab", page_icon=":material/blur_on:", layout="wide")
 common.init_state()
-page = st.navigation([
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/architecture.py", title="Architecture", icon=":material/account_tree:"),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("pages/classify.py", title="Classify", icon=":material/image_search:"),
-    st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
-])
+page = common.navigation()
 common.sidebar()
+common.url_notes()
 try:
-    page.run()
+    with common.app_script():
+        page.run()
 finally:
     common.freeze_heavy_imports()  # after the run that first imported TensorFlow, not on every rerun

@@ -128,6 +128,70 @@ class _Config:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
+    def to_query(self) -> dict[str, str]:
+        """The fields that differ from the defaults, as URL query text (lists comma-separated)."""
+        default = type(self)()
+        return {f.name: _to_text(getattr(self, f.name)) for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                if getattr(self, f.name) != getattr(default, f.name)}
+
+    @classmethod
+    def from_query(cls, params: Mapping[str, str]) -> tuple[Any, list[str]]:
+        """A config from URL query text, other keys ignored; values out of range are clamped and noted."""
+        values: dict[str, Any] = {}
+        notes: list[str] = []
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name in params:
+                value, note = _from_text(f.name, str(params[f.name]), _TYPES[f.type] if f.type in _TYPES else int,
+                                         f.metadata["spec"], f.default)
+                values[f.name] = value
+                notes += [note] if note else []
+        try:
+            config = cls._from_clamped(values)
+        except ValueError as e:
+            return cls(), notes + [f"{e}: using the default {cls.__name__} instead"]
+        notes += [f"{k}={_to_text(v)} does not fit the other settings: using {_to_text(getattr(config, k))}"
+                  for k, v in values.items() if getattr(config, k) != v and not any(n.startswith(f"{k}=") for n in notes)]
+        return config, notes
+
+    @classmethod
+    def _from_clamped(cls, values: dict[str, Any]) -> Any:
+        """Build from clamped values (a hook for checks that involve several fields)."""
+        return cls(**values)
+
+
+def _to_text(value: Any) -> str:
+    """One config value as URL text."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _from_text(name: str, text: str, typ: type, s: Spec, default: Any) -> tuple[Any, str | None]:
+    """One value parsed from URL text and clamped to its Spec, with a note when it was changed."""
+    if s.choices:
+        return (text, None) if text in s.choices else (default, f"{name}={text!r} is not {s.describe()}: using {default}")
+    if typ is bool:
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true", None
+        return default, f"{name}={text!r} is not true or false: using {str(default).lower()}"
+    parts = text.split(",") if s.min_len is not None else [text]
+    try:
+        numbers = [float(p) for p in parts]
+        if not all(math.isfinite(v) for v in numbers) or not numbers:
+            raise ValueError
+    except ValueError:
+        return default, f"{name}={text!r} is not {'a list of numbers' if s.min_len else 'a number'}: using {_to_text(default)}"
+    clamped = [min(max(v, s.low), s.high) for v in numbers]  # type: ignore[type-var]
+    if typ is int or s.min_len is not None:
+        clamped = [int(round(v / s.step) * s.step) if s.step > 1 else int(round(v)) for v in clamped]
+        clamped = [min(max(v, int(s.low)), int(s.high)) for v in clamped]  # type: ignore[arg-type]
+    value: Any = tuple(clamped[: s.max_len]) if s.min_len is not None else clamped[0]
+    changed = value != (tuple(numbers) if s.min_len is not None else numbers[0])
+    allowed = s.describe() + (f" in steps of {s.step}" if s.step > 1 else "")
+    return value, (f"{name}={text} is not allowed ({allowed}): using {_to_text(value)}" if changed else None)
+
 
 _TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
 
@@ -172,9 +236,14 @@ class ModelConfig(_Config):
         if self.head == "adaptive" and self.pool_size > final:
             raise ValueError(f"pool_size={self.pool_size} is larger than the final {final}x{final} feature map: allowed 1 to {final}")
 
+    @classmethod
+    def _from_clamped(cls, values: dict[str, Any]) -> "ModelConfig":
+        """Clamped URL values may still combine badly: the pool size is lowered to fit, as a slider would."""
+        return cls().adjusted(**values)
+
     def adjusted(self, **changes: Any) -> "ModelConfig":
         """A copy with changes, the adaptive pool size lowered to fit a smaller final map instead of refused."""
-        probe = self.replace(**changes, pool_size=1)
+        probe = self.replace(**{**changes, "pool_size": 1})
         return probe.replace(pool_size=min(changes.get("pool_size", self.pool_size), probe.feature_sizes()[-1]))
 
     def with_blocks(self, n: int) -> "ModelConfig":

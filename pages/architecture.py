@@ -7,6 +7,8 @@ from deconv.cost import describe
 from pages import common
 from pages.common import MODEL, TRAIN, config_widget
 
+common.require_app()
+
 SLOW_EPOCH_SECONDS = 300  # above this, say plainly that training will be slow
 
 

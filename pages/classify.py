@@ -12,6 +12,8 @@ from deconv import charts, data, inference, runs
 from pages import common
 from pages.common import ACTIVE_RUN
 
+common.require_app()
+
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "gif", "bmp", "webp"]
 SAMPLES = 8
 TOP = 5

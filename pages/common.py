@@ -8,9 +8,11 @@ import gc
 import os
 import re
 import sys
+import threading
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import streamlit as st
 
@@ -19,30 +21,94 @@ from deconv.config import ModelConfig, TrainConfig, field_spec
 from deconv.cost import describe
 
 MODEL, TRAIN, ACTIVE_RUN, CLIENT = "model_config", "train_config", "active_run", "client"
+URL_NOTES = "url_notes"  # session key: what was clamped in the link this session was opened with
 CONFIG_CLASSES = {MODEL: ModelConfig, TRAIN: TrainConfig}
 CONFIG_FIELDS = {k: {f.name for f in dataclasses.fields(cls)} for k, cls in CONFIG_CLASSES.items()}
+
+
+PAGES = [("pages/home.py", "Home", ":material/home:"), ("pages/architecture.py", "Architecture", ":material/account_tree:"),
+         ("pages/train.py", "Train", ":material/model_training:"), ("pages/classify.py", "Classify", ":material/image_search:"),
+         ("pages/runs.py", "Runs", ":material/history:")]
+_script = threading.local()  # per script thread: is app.py running the page now?
+
+
+def navigation() -> Any:
+    """The app's pages for st.navigation (Home first and default)."""
+    return st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)
+                          for i, (path, title, icon) in enumerate(PAGES)])
+
+
+@contextmanager
+def app_script() -> Iterator[None]:
+    """Marks the page run as coming from app.py (see `require_app`)."""
+    _script.in_app = True
+    try:
+        yield
+    finally:
+        _script.in_app = False
+
+
+def require_app() -> None:
+    """First call of every page: when it was not run through app.py, rerun it through app.py.
+
+    Because this project has a pages/ folder, Streamlit starts each server in its old pages-folder
+    mode and leaves it only at the first st.navigation call. Until then, a first visitor who opens
+    a link to a page (/train, or a shared settings link) gets that page run alone: no session state,
+    no sidebar. Declaring the navigation here switches the mode off, and the rerun goes through app.py.
+    """
+    if not getattr(_script, "in_app", False):
+        navigation()
+        st.rerun()
 
 
 def init_state() -> None:
     """Plain session-state keys that outlive page switches (widget keys do not), and the URL's part.
 
-    The browser's id and the active run's name are also kept in the URL, so that a refresh (a new
-    session) finds its training job and its active model again.
+    The settings that differ from the defaults live in the URL, so a copied link reproduces an
+    experiment (values out of range are clamped, with a note). The browser's id and the active run's
+    name are kept there too, so that a refresh (a new session) finds its training job and its active
+    model again; `share_url` leaves them out.
     """
-    st.session_state.setdefault(MODEL, ModelConfig())
-    st.session_state.setdefault(TRAIN, TrainConfig())
+    if MODEL not in st.session_state or TRAIN not in st.session_state:
+        params = st.query_params.to_dict()
+        (model_config, model_notes), (train_config, train_notes) = (ModelConfig.from_query(params),
+                                                                    TrainConfig.from_query(params))
+        st.session_state[MODEL], st.session_state[TRAIN] = model_config, train_config
+        if model_notes or train_notes:
+            st.session_state[URL_NOTES] = model_notes + train_notes
     if CLIENT not in st.session_state:
         given = st.query_params.get(CLIENT, "")
         st.session_state[CLIENT] = given if re.fullmatch(r"[0-9a-f]{16}", given) else uuid.uuid4().hex[:16]
     if ACTIVE_RUN not in st.session_state:
         path = runs.run_in(runs_dir(), st.query_params.get("model", ""))
         st.session_state[ACTIVE_RUN] = str(path) if path else None
-    wanted = {CLIENT: st.session_state[CLIENT]}
+    wanted = {CLIENT: st.session_state[CLIENT], **settings_query()}
     if st.session_state[ACTIVE_RUN]:
         wanted["model"] = Path(st.session_state[ACTIVE_RUN]).name
     if st.query_params.to_dict() != wanted:
         st.query_params.from_dict(wanted)
     job_manager().touch(st.session_state[CLIENT], session_id())
+
+
+def settings_query() -> dict[str, str]:
+    """This session's architecture and training settings as URL query parameters (defaults left out)."""
+    return {**st.session_state[MODEL].to_query(), **st.session_state[TRAIN].to_query()}
+
+
+def share_url() -> str:
+    """A link to the current page with these settings and nothing private (no browser id)."""
+    from urllib.parse import urlencode
+
+    query = urlencode(settings_query(), safe=",")
+    return (st.context.url or "") + (f"?{query}" if query else "")
+
+
+def url_notes() -> None:
+    """Say once which settings from the link were out of range and how they were changed."""
+    notes = st.session_state.pop(URL_NOTES, None)
+    if notes:
+        st.warning("Some settings in the link were not allowed and were changed:\n\n"
+                   + "\n".join(f"- {n}" for n in notes), icon=":material/link:")
 
 
 def owner() -> str:
@@ -267,3 +333,10 @@ def sidebar() -> None:
         if job and job.active:
             st.caption("Training")
             st.markdown("waiting for a slot" if job.state == "queued" else "in progress: follow it on **Train**")
+        with st.expander("Share these settings", icon=":material/link:"):
+            st.caption("This link opens the app with the current architecture and training settings.")
+            st.code(share_url(), language=None, wrap_lines=True)
+
+
+if __name__ == "__main__":  # run as a page by Streamlit's pages-folder mode: go through app.py instead
+    require_app()

@@ -5,6 +5,8 @@ import streamlit as st
 from deconv import data
 from pages import common
 
+common.require_app()
+
 st.title("Deconv Lab")
 st.markdown(
     "Design a **deconvolutional network**, train it on CIFAR-10 while you watch it learn, then use it. "

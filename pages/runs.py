@@ -10,6 +10,8 @@ from deconv import charts, runs
 from pages import common
 from pages.common import ACTIVE_RUN
 
+common.require_app()
+
 METRICS = {"validation accuracy": "val_accuracy", "validation loss": "val_loss", "training accuracy": "accuracy",
            "training loss": "loss"}
 

@@ -12,6 +12,8 @@ from deconv.cost import HEAVY_FLOPS, describe
 from pages import common
 from pages.common import MODEL, TRAIN, config_widget
 
+common.require_app()
+
 HEAVY_REPORT_IMAGES = 100  # a heavy model's after-training report uses this many validation images
 SAVE_PROBLEM = "save_problem"  # session key: why the runs folder cannot take the next run
 

@@ -267,3 +267,26 @@ def test_a_refreshed_page_finds_its_training_and_active_model_again(app_env: Pat
     button(again, "Stop").click().run()
     wait_job(lambda job: not job.active, timeout=30)
     assert common.job_manager().jobs[-1].owner == client
+
+
+def test_settings_come_from_the_url_clamped_with_a_note_and_a_link_shares_them(app_env: Path) -> None:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"widths": "16,32", "epochs": "1000", "head": "dense", "learning_rate": "0.002"})
+    at.run()
+    assert not at.exception
+    note = at.warning[0].value
+    assert "epochs=1000 is not allowed (1 to 200): using 200" in note and "head='dense'" in note
+    assert at.session_state["model_config"] == ModelConfig(widths=(16, 32))
+    train = at.session_state["train_config"]
+    assert train.epochs == 200 and train.learning_rate == 0.002
+    params = {k: v[0] if isinstance(v, list) else v for k, v in at.query_params.items()}
+    assert params == {"client": at.session_state["client"], "widths": "16,32", "epochs": "200",
+                      "learning_rate": "0.002"}
+    share = next(c.value for c in at.get("code"))
+    assert share.endswith("?widths=16,32&epochs=200&learning_rate=0.002")  # and no browser id
+    at.switch_page("pages/architecture.py").run()
+    assert not at.warning  # the note is shown once
+    assert metric(at, "Parameters") == f"{describe(ModelConfig(widths=(16, 32))).params:,}"
+    at.slider(key="w.model_config.width0").set_value(24).run()
+    assert at.query_params["widths"] in ("24,32", ["24,32"])
+    assert "?widths=24,32&" in next(c.value for c in at.get("code"))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from deconv.config import ModelConfig
+from deconv.cost import describe
 from tests import images
 from tests.conftest import write_cifar
 
@@ -34,10 +36,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    """`streamlit run app.py` on a free port with synthetic data and an empty runs folder."""
-    tmp = tmp_path_factory.mktemp("browser")
+def start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
+    """`streamlit run app.py` on a free port with synthetic data and an empty runs folder, once healthy."""
     port = free_port()
     env = {**os.environ, "DECONV_DATA_DIR": str(write_cifar(tmp / "data", test_per_class=30)),
            "DECONV_RUNS_DIR": str(tmp / "runs")}
@@ -45,20 +45,32 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.headless", "true", "--server.address", "127.0.0.1"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log.close()  # the child has its own copy
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
         try:
             urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-            break
+            return proc, url
         except OSError:
             if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
                 raise RuntimeError((tmp / "streamlit.log").read_text()[-2000:])
             time.sleep(0.2)
-    yield {"url": url, "runs": tmp / "runs", "tmp": tmp}
+
+
+def stop_server(proc: subprocess.Popen) -> None:
     proc.terminate()
     proc.wait(timeout=30)
-    log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """One app server for the module's tests."""
+    tmp = tmp_path_factory.mktemp("browser")
+    proc, url = start_server(tmp)
+    yield {"url": url, "runs": tmp / "runs", "tmp": tmp}
+    stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +84,7 @@ def page(server, tmp_path_factory: pytest.TempPathFactory):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         tab = browser.new_page(viewport={"width": 1400, "height": 1000})
         tab.shots = shots
-        tab.default_timeout = 90_000
+        tab.set_default_timeout(90_000)
         yield tab
         browser.close()
 
@@ -97,6 +109,19 @@ def test_every_page_loads_without_an_exception(page, server, path: str, ready: s
     go(page, server, path, ready)
     time.sleep(1)
     shot(page, f"page-{path or 'home'}")
+
+
+def test_a_link_to_a_page_works_as_the_first_visit_to_a_fresh_server(page, tmp_path: Path) -> None:
+    proc, url = start_server(tmp_path)  # nobody has opened app.py on this server yet
+    try:
+        page.goto(f"{url}/train?epochs=3")
+        page.get_by_text("Batch size", exact=True).first.wait_for()
+        page.get_by_text("Active model").first.wait_for()  # the sidebar: the page ran through app.py
+        time.sleep(1)
+        shot(page, "first-visit-deep-link")
+        assert "for 3 epochs" in page.inner_text("body")
+    finally:
+        stop_server(proc)
 
 
 def parameters(page) -> str:
@@ -170,3 +195,59 @@ def test_a_refresh_keeps_the_saved_runs(page, server) -> None:
     for name in saved_runs(server):
         page.get_by_text(name).first.wait_for()
     shot(page, "runs-after-refresh")
+
+
+def job_dirs(server) -> list[Path]:
+    jobs = server["runs"] / ".jobs"
+    return sorted(jobs.iterdir(), key=lambda p: p.stat().st_mtime) if jobs.is_dir() else []
+
+
+def ended(job_dir: Path) -> dict | None:
+    import json
+
+    events = [json.loads(line) for line in (job_dir / "progress.jsonl").read_text().splitlines() if line.strip()]
+    return next((e for e in events if e["event"] == "end"), None)
+
+
+def test_two_quick_train_clicks_start_one_job(page, server) -> None:
+    before = len(job_dirs(server))
+    start_training(page, server, "Home", "ArrowRight")  # 2 epochs
+    page.get_by_role("button", name="Train", exact=True).click(force=True, no_wait_after=True)  # a second click at once
+    page.get_by_text("images/s").first.wait_for()
+    page.get_by_text("Confusion matrix").wait_for()
+    assert len(job_dirs(server)) == before + 1
+    shot(page, "train-double-click")
+
+
+def test_closing_the_tab_mid_training_stops_the_job_and_frees_the_slot(page, server) -> None:
+    tab = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
+    tab.shots = page.shots
+    tab.set_default_timeout(90_000)
+    start_training(tab, server, "End")  # 200 epochs
+    tab.get_by_text("images/s").first.wait_for()
+    job = job_dirs(server)[-1]
+    tab.close()
+    closed = time.time()
+    while (end := ended(job)) is None:
+        assert time.time() - closed < 90, "the job of a closed tab was not stopped"
+        time.sleep(0.5)
+    assert end["status"] == "stopped" and (Path(end["run_dir"]) / "model.keras").exists()
+    start_training(page, server, "Home")  # the slot is free again: this one runs, it is not queued
+    page.get_by_text("images/s").first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("Stopped by request").wait_for(timeout=60_000)
+
+
+def test_settings_in_a_link_are_clamped_with_a_note_and_follow_the_sliders(page, server) -> None:
+    go(page, server, "architecture?widths=16,32&epochs=1000", "Parameters")
+    page.get_by_text("epochs=1000 is not allowed").wait_for()
+    assert parameters(page) == f"{describe(ModelConfig(widths=(16, 32))).params:,}"
+    shot(page, "link-with-bad-settings")
+    page.get_by_role("slider").nth(1).focus()  # block 1 width
+    page.keyboard.press("End")
+    page.wait_for_function("() => location.search.includes('widths=256%2C32') || location.search.includes('widths=256,32')")
+    assert "epochs=200" in page.url
+    shared = page.url.split("?")[0] + "?widths=256,32&epochs=200"
+    go(page, server, shared.removeprefix(server["url"] + "/"), "Parameters")
+    assert parameters(page) == f"{describe(ModelConfig(widths=(256, 32))).params:,}"
+    assert page.get_by_text("not allowed").count() == 0

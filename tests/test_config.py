@@ -92,3 +92,45 @@ def test_with_blocks_grows_and_shrinks() -> None:
     assert base.with_blocks(4).widths == (32, 200, 256, 256)
     assert base.with_blocks(1).widths == (32,)
     assert base.with_blocks(1).blocks == 1
+
+
+@pytest.mark.parametrize("config", [ModelConfig(), PRESETS["article"], ModelConfig(widths=(8, 256), head="flatten"),
+                                    TrainConfig(), TrainConfig(learning_rate=0.002, augment=False, epochs=3, seed=7)])
+def test_settings_round_trip_through_the_url(config) -> None:
+    query = config.to_query()
+    assert all(isinstance(v, str) for v in query.values())
+    assert type(config).from_query({**query, "client": "0123456789abcdef", "model": "x"}) == (config, [])
+
+
+def test_defaults_are_left_out_of_the_url() -> None:
+    assert ModelConfig().to_query() == {} and TrainConfig(epochs=3).to_query() == {"epochs": "3"}
+    assert PRESETS["article"].to_query() == {"conv_stride": "1", "deconv_kernel": "4", "deconv_stride": "2",
+                                             "head": "flatten", "pool_size": "1"}
+
+
+@pytest.mark.parametrize("params, expected, words", [
+    ({"epochs": "1000"}, {"epochs": 200}, "epochs=1000 is not allowed (1 to 200): using 200"),
+    ({"epochs": "-3"}, {"epochs": 1}, "using 1"),
+    ({"batch_size": "130"}, {"batch_size": 128}, "in steps of 8"),
+    ({"learning_rate": "1e9"}, {"learning_rate": 10.0}, "using 10"),
+    ({"seed": "abc"}, {"seed": 0}, "seed='abc' is not a number: using 0"),
+    ({"augment": "yes"}, {"augment": True}, "not true or false"),
+    ({"schedule": "linear"}, {"schedule": "warmup-cosine"}, "not one of warmup-cosine, constant"),
+    ({"train_size": "inf"}, {"train_size": 10_000}, "not a number"),
+])
+def test_bad_train_settings_in_a_url_are_clamped_with_a_note(params, expected, words: str) -> None:
+    config, notes = TrainConfig.from_query(params)
+    assert config == TrainConfig(**expected) and len(notes) == 1 and words in notes[0]
+
+
+@pytest.mark.parametrize("params, expected, words", [
+    ({"widths": "9999,3,64"}, {"widths": (256, 8, 64)}, "using 256,8,64"),
+    ({"widths": "8,8,8,8,8,8"}, {"widths": (8, 8, 8, 8)}, "1 to 4 values"),
+    ({"widths": "a,b"}, {}, "not a list of numbers"),
+    ({"pool_size": "8"}, {"pool_size": 4}, "pool_size=8 does not fit the other settings: using 4"),
+    ({"widths": "32,32,32,32", "conv_stride": "1", "deconv_stride": "2"}, {}, "512x512"),
+    ({"head": "dense"}, {}, "not one of adaptive, flatten"),
+])
+def test_bad_model_settings_in_a_url_are_clamped_with_a_note(params, expected, words: str) -> None:
+    config, notes = ModelConfig.from_query(params)
+    assert config == ModelConfig().adjusted(**expected) and len(notes) == 1 and words in notes[0]
