@@ -100,6 +100,18 @@ def test_classify_good_and_bad_images(trained_run: Path, tmp_path: Path) -> None
     assert cli("classify", str(trained_run), str(good)).returncode == 0
 
 
+def test_classify_the_whole_bad_input_corpus_in_one_call(trained_run: Path, tmp_path: Path) -> None:
+    files = {**images.bad(), **images.good()}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    r = cli("classify", str(trained_run), *(str(tmp_path / name) for name in files))
+    assert r.returncode == 1 and "Traceback" not in r.stderr  # 1: some files could not be classified
+    lines = {Path(line["image"]).name: line for line in map(json.loads, r.stdout.splitlines())}
+    assert sorted(lines) == sorted(files)
+    assert all("error" in lines[name] and len(lines[name]["error"]) > 10 for name in images.bad())
+    assert all(len(lines[name]["top"]) == 5 for name in images.good())
+
+
 def test_classify_with_a_bad_run_dir_says_so(tmp_path: Path) -> None:
     r = cli("classify", str(tmp_path), str(tmp_path / "x.png"))
     assert r.returncode == 1 and "model.keras is missing" in r.stderr and "Traceback" not in r.stderr
