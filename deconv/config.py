@@ -197,6 +197,22 @@ _TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 @dataclass(frozen=True)
+class DeconvShape:
+    """One Conv2DTranspose block's map size in and out, kernel and stride (padding 'same': out = in x stride)."""
+
+    block: int
+    size_in: int
+    size_out: int
+    kernel: int
+    stride: int
+
+    @property
+    def uneven(self) -> bool:
+        """The kernel is not a multiple of the stride: output pixels get unequal overlap (checkerboard artifacts)."""
+        return self.kernel % self.stride != 0
+
+
+@dataclass(frozen=True)
 class ModelConfig(_Config):
     """The network: `blocks` pairs of Conv2D and Conv2DTranspose blocks, then a pooling head and softmax."""
 
@@ -224,6 +240,12 @@ class ModelConfig(_Config):
             size = size * self.deconv_stride
             sizes.append(size)
         return sizes
+
+    def deconv_shapes(self) -> list[DeconvShape]:
+        """The map size into and out of each transposed-conv block."""
+        sizes = self.feature_sizes()
+        return [DeconvShape(i + 1, sizes[2 * i], sizes[2 * i + 1], self.deconv_kernel, self.deconv_stride)
+                for i in range(self.blocks)]
 
     def _check_together(self) -> None:
         biggest = max(self.feature_sizes())

@@ -69,3 +69,19 @@ with right:
     steps = [f"{s}{'↑' if s > p else '↓' if s < p else ''}" for p, s in zip([IMAGE_SIZE, *sizes], sizes)]
     st.caption(f"Feature map size through the network: {IMAGE_SIZE} → " + " → ".join(steps) + f" → head ({config.head}{f', {config.pool_size}x{config.pool_size}' if config.head == 'adaptive' else ''})")
     st.dataframe(cost.as_rows(), hide_index=True, width="stretch", height=min(38 + 35 * len(cost.layers), 560))
+
+    st.subheader("Deconv shape calculator")
+    shapes = config.deconv_shapes()
+    st.dataframe([{"block": f"block{d.block}_deconv", "input": f"{d.size_in}x{d.size_in}",
+                   "output": f"{d.size_out}x{d.size_out}", "kernel": d.kernel, "stride": d.stride,
+                   "overlap": "uneven: checkerboard risk" if d.uneven else "even"} for d in shapes],
+                 hide_index=True, width="stretch")
+    st.caption("With padding 'same' a transposed convolution's output is its input times the stride "
+               "(with 'valid' it would be (input − 1) × stride + kernel).")
+    if any(d.uneven for d in shapes):
+        d = shapes[0]
+        st.warning(f"**Checkerboard risk:** kernel {d.kernel} is not divisible by stride {d.stride}, so neighbouring "
+                   "output pixels receive different numbers of kernel contributions, the uneven overlap that "
+                   "paints checkerboard patterns into upsampled maps. Use a kernel that is a multiple of the "
+                   f"stride ({', '.join(str(k) for k in range(d.stride, 8, d.stride))}) or stride 1.",
+                   icon=":material/grid_on:")

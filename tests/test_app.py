@@ -290,3 +290,16 @@ def test_settings_come_from_the_url_clamped_with_a_note_and_a_link_shares_them(a
     at.slider(key="w.model_config.width0").set_value(24).run()
     assert at.query_params["widths"] in ("24,32", ["24,32"])
     assert "?widths=24,32&" in next(c.value for c in at.get("code"))
+
+
+def test_the_deconv_shape_calculator_warns_of_uneven_overlap(app_env: Path) -> None:
+    at = page("pages/architecture.py")
+    table = at.dataframe[1].value
+    assert list(table["output"]) == ["16x16", "8x8", "4x4"] and set(table["overlap"]) == {"even"}
+    assert not at.warning
+    at.slider(key="w.model_config.deconv_stride").set_value(2).run()
+    table = at.dataframe[1].value
+    assert list(table["input"]) == ["16x16", "16x16", "16x16"] and list(table["output"]) == ["32x32"] * 3
+    assert "Checkerboard risk" in at.warning[0].value and "kernel 3 is not divisible by stride 2" in at.warning[0].value
+    at.slider(key="w.model_config.deconv_kernel").set_value(4).run()
+    assert not at.warning and set(at.dataframe[1].value["overlap"]) == {"even"}

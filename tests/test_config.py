@@ -134,3 +134,12 @@ def test_bad_train_settings_in_a_url_are_clamped_with_a_note(params, expected, w
 def test_bad_model_settings_in_a_url_are_clamped_with_a_note(params, expected, words: str) -> None:
     config, notes = ModelConfig.from_query(params)
     assert config == ModelConfig().adjusted(**expected) and len(notes) == 1 and words in notes[0]
+
+
+def test_deconv_shapes_and_the_checkerboard_rule() -> None:
+    article = PRESETS["article"].deconv_shapes()
+    assert [(d.size_in, d.size_out) for d in article] == [(32, 64), (64, 128), (128, 256)]
+    assert not any(d.uneven for d in article)  # kernel 4, stride 2
+    assert [(d.size_in, d.size_out) for d in ModelConfig().deconv_shapes()] == [(16, 16), (8, 8), (4, 4)]
+    assert all(d.uneven for d in ModelConfig(deconv_stride=2, deconv_kernel=3).deconv_shapes())
+    assert not any(d.uneven for d in ModelConfig(deconv_stride=1, deconv_kernel=3).deconv_shapes())
