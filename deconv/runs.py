@@ -8,10 +8,12 @@ without TensorFlow; loading the model uses Keras' safe mode.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -224,3 +226,81 @@ def delete_run(run_dir: str | os.PathLike[str]) -> None:
     if not (path / "config.json").exists() and not (path / "model.keras").exists():
         raise RunError(f"{path} does not look like a run directory; not deleted")
     shutil.rmtree(path)
+
+
+MAX_IMPORT_BYTES = 2**30  # an imported run may unpack to at most 1 GiB (the article's model is about 340 MB)
+
+
+def _zip_members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """The run files of a zip (at its top or inside one folder), checked for unsafe names and sizes."""
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in archive.infolist():
+        parts = Path(info.filename).parts
+        if info.filename.startswith("/") or ".." in parts:
+            raise RunError(f"the zip holds an unsafe path: {info.filename}")
+        if info.is_dir() or parts[-1] not in FILES or len(parts) > 2:
+            continue
+        if parts[-1] in members:
+            raise RunError(f"the zip holds more than one {parts[-1]}: zip one run folder")
+        members[parts[-1]] = info
+    missing = [f for f in FILES if f not in members]
+    if missing:
+        raise RunError(f"the zip is not a run: {', '.join(missing)} missing")
+    if sum(m.file_size for m in members.values()) > MAX_IMPORT_BYTES:
+        raise RunError(f"the run unpacks to more than {MAX_IMPORT_BYTES // 2**30} GiB")
+    return members
+
+
+def import_run(source: str | os.PathLike[str] | bytes, root: str | os.PathLike[str], name: str) -> Path:
+    """Copy a run (a run folder, or the bytes of a .zip of one) under root, checked and loaded in safe mode first."""
+    root = Path(root)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(name).name.removesuffix(".zip")).strip(".-") or "imported"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".import.", dir=root))
+    except OSError as e:
+        raise RunError(f"cannot create the run in {root}: {e.strerror or e}") from None
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            try:
+                with zipfile.ZipFile(io.BytesIO(source)) as archive:
+                    for file, info in _zip_members(archive).items():
+                        with archive.open(info) as src, open(tmp / file, "wb") as dst:
+                            shutil.copyfileobj(src, dst)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+                raise RunError(f"{name} is not a readable zip file ({e})") from None
+        else:
+            folder = Path(source)
+            info = read_run(folder)  # before copying anything big
+            for file in FILES:
+                shutil.copyfile(info.path / file, tmp / file)
+        load_model(tmp)  # refuses what safe mode refuses (a Lambda layer), and damaged files
+        for n in range(1, 1000):
+            target = root / (stem if n == 1 else f"{stem}_{n}")
+            if not target.exists():
+                tmp.rename(target)
+                return target
+        raise RunError(f"no free run directory name under {root}")
+    except RunError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunError(str(e).replace(tmp.name, name)) from None
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunError(f"could not import {name}: {e.strerror or e}") from None
+
+
+def runs_csv(infos: list[RunInfo]) -> str:
+    """A table of runs as CSV text: what each trained, how, on what, and how well."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    model_keys = [f.name for f in dataclasses.fields(ModelConfig)]
+    train_keys = [f.name for f in dataclasses.fields(TrainConfig)]
+    writer.writerow(["run", "status", "val_accuracy", "best_val_accuracy", "epochs_completed", "train_seconds",
+                     "params", *model_keys, *train_keys, "data", "saved_at"])
+    for r in infos:
+        model, train = r.model_config.to_dict(), r.train_config.to_dict()
+        writer.writerow([r.name, r.meta.get("status", ""), r.val_accuracy, r.best_val_accuracy,
+                         r.meta.get("epochs_completed", len(r.history)), r.meta.get("train_seconds"),
+                         r.meta.get("params"), *("-".join(map(str, v)) if isinstance(v, list) else v for v in model.values()),
+                         *train.values(), (r.meta.get("data") or {}).get("found_by", ""), r.meta.get("saved_at", "")])
+    return out.getvalue()

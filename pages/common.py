@@ -22,6 +22,7 @@ from deconv.cost import describe
 
 MODEL, TRAIN, ACTIVE_RUN, CLIENT = "model_config", "train_config", "active_run", "client"
 URL_NOTES = "url_notes"  # session key: what was clamped in the link this session was opened with
+SAVE_PROBLEM = "save_problem"  # session key: why the runs folder cannot take the next run
 CONFIG_CLASSES = {MODEL: ModelConfig, TRAIN: TrainConfig}
 CONFIG_FIELDS = {k: {f.name for f in dataclasses.fields(cls)} for k, cls in CONFIG_CLASSES.items()}
 
@@ -109,6 +110,18 @@ def url_notes() -> None:
     if notes:
         st.warning("Some settings in the link were not allowed and were changed:\n\n"
                    + "\n".join(f"- {n}" for n in notes), icon=":material/link:")
+
+
+def start_training() -> None:
+    """Queue a training job for this browser with the session's settings (one job at a time)."""
+    model_config = st.session_state[MODEL]
+    st.session_state.pop(SAVE_PROBLEM, None)
+    try:
+        run_dir = runs.new_run_dir(runs_dir(), model_config)
+    except runs.RunError as e:  # train anyway: the result is shown even if the model cannot be kept
+        st.session_state[SAVE_PROBLEM] = f"{e}. The network trains and its result is shown, but it cannot be saved"
+        run_dir = Path(runs_dir()) / runs.run_name(model_config)
+    job_manager().submit(owner(), model_config, st.session_state[TRAIN], run_dir)
 
 
 def owner() -> str:

@@ -8,7 +8,7 @@ import streamlit as st
 
 from deconv import charts, runs
 from pages import common
-from pages.common import ACTIVE_RUN
+from pages.common import ACTIVE_RUN, MODEL, TRAIN
 
 common.require_app()
 
@@ -47,6 +47,30 @@ def delete(path: str) -> None:
         st.session_state[ACTIVE_RUN] = None
 
 
+def reuse(run: runs.RunInfo) -> None:
+    """on_click: make a saved run's settings the session's, start training them, and go to Train."""
+    st.session_state[MODEL], st.session_state[TRAIN] = run.model_config, run.train_config
+    for key in (MODEL, TRAIN):
+        st.session_state.pop(f"{key}.error", None)
+        common.sync_widgets(key)
+    common.start_training()
+    st.session_state["runs.goto_train"] = True
+
+
+def import_run() -> None:
+    """on_click: import the uploaded zip or the named folder into the runs folder."""
+    upload, folder = st.session_state.get("import.zip"), st.session_state.get("import.folder", "").strip()
+    try:
+        source = upload.getvalue() if upload else Path(folder).expanduser()
+        added = runs.import_run(source, common.runs_dir(), upload.name if upload else Path(folder).name)
+        st.session_state["import.outcome"] = f"Imported as **{added.name}**."
+    except runs.RunError as e:
+        st.session_state["import.outcome"] = f"Not imported: {e}."
+
+
+if st.session_state.pop("runs.goto_train", False):
+    st.switch_page("pages/train.py")
+
 st.title("Runs")
 st.markdown(f"Every training saved in `{common.runs_dir()}`: compare them, make one the active model, download or delete.")
 if message := st.session_state.pop("runs.error", None):
@@ -55,11 +79,23 @@ if message := st.session_state.pop("runs.error", None):
 saved, broken = runs.list_runs(common.runs_dir())
 for path, why in broken:
     st.error(f"**{path.name}** cannot be read and is left out: {why}.")
+with st.expander("Import a run", icon=":material/upload:"):
+    st.markdown("A run trained elsewhere (`python -m deconv train --out DIR` on a bigger machine): upload a `.zip` "
+                "of its folder, or give the folder's path on this server. It is checked and loaded in Keras' safe "
+                "mode before it is added.")
+    upload = st.file_uploader("Zipped run folder", type=["zip"], key="import.zip")
+    folder = st.text_input("or a run folder on this server", key="import.folder", placeholder="/path/to/run")
+    st.button("Import", icon=":material/input:", disabled=not (upload or folder.strip()), on_click=import_run)
+    if outcome := st.session_state.pop("import.outcome", None):
+        (st.success if outcome.startswith("Imported") else st.error)(outcome)
+
 if not saved:
-    st.info("No saved runs yet: train one on the **Train** page.")
+    st.info("No saved runs yet: train one on the **Train** page, or import one above.")
     st.stop()
 
 st.dataframe([run_row(r) for r in saved], hide_index=True, width="stretch", column_config=COLUMNS)
+st.download_button("Runs table (CSV)", data=runs.runs_csv(saved), file_name="deconv-runs.csv", mime="text/csv",
+                   icon=":material/download:", on_click="ignore")
 
 st.subheader("Compare")
 names = [r.name for r in saved]
@@ -82,6 +118,10 @@ right.dataframe([{"setting": k, "value": str(v)} for k, v in run.train_config.to
                 width="stretch")
 st.caption(f"{run.meta.get('message', '')}; trained with " + ", ".join(
     f"{k} {v}" for k, v in run.meta.get("versions", {}).items()))
+job = common.job_manager().latest_job(common.owner())
+busy = bool(job and job.active)
+st.button("Train again with these settings", icon=":material/replay:", disabled=busy, on_click=reuse, args=(run,),
+          help="training is already under way for you" if busy else "the same architecture, data, seed and schedule")
 a, b, c, d = st.columns(4)
 is_active = st.session_state.get(ACTIVE_RUN) == str(run.path)
 a.button("Active model" if is_active else "Make active", disabled=is_active, icon=":material/check_circle:",

@@ -10,12 +10,11 @@ import streamlit as st
 from deconv import charts, data, runs
 from deconv.cost import HEAVY_FLOPS, describe
 from pages import common
-from pages.common import MODEL, TRAIN, config_widget
+from pages.common import MODEL, SAVE_PROBLEM, TRAIN, config_widget
 
 common.require_app()
 
 HEAVY_REPORT_IMAGES = 100  # a heavy model's after-training report uses this many validation images
-SAVE_PROBLEM = "save_problem"  # session key: why the runs folder cannot take the next run
 
 
 @st.cache_data(show_spinner=False)
@@ -37,14 +36,7 @@ def report_for(path: str, mtime: float) -> Any:
 
 def start() -> None:
     """on_click Train: queue a job for this session with the current settings."""
-    model_config = st.session_state[MODEL]
-    st.session_state.pop(SAVE_PROBLEM, None)
-    try:
-        run_dir = runs.new_run_dir(common.runs_dir(), model_config)
-    except runs.RunError as e:  # train anyway: the result is shown even if the model cannot be kept
-        st.session_state[SAVE_PROBLEM] = f"{e}. The network trains and its result is shown, but it cannot be saved"
-        run_dir = Path(common.runs_dir()) / runs.run_name(model_config)
-    common.job_manager().submit(common.owner(), model_config, st.session_state[TRAIN], run_dir)
+    common.start_training()
 
 
 def progress_block(job: Any) -> None:

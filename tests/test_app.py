@@ -303,3 +303,47 @@ def test_the_deconv_shape_calculator_warns_of_uneven_overlap(app_env: Path) -> N
     assert "Checkerboard risk" in at.warning[0].value and "kernel 3 is not divisible by stride 2" in at.warning[0].value
     at.slider(key="w.model_config.deconv_kernel").set_value(4).run()
     assert not at.warning and set(at.dataframe[1].value["overlap"]) == {"even"}
+
+
+def test_runs_page_imports_a_zipped_run_and_refuses_a_bad_zip(app_env: Path, tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    saved = runs.list_runs(app_env)[0]
+    if not saved:
+        pytest.skip("needs the run trained by the training test")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for file in runs.FILES:
+            z.write(saved[0].path / file, f"from-cluster/{file}")
+    at = page("pages/runs.py")
+    at.file_uploader(key="import.zip").set_value(("from-cluster.zip", buf.getvalue(), "application/zip")).run()
+    button(at, "Import").click().run()
+    assert not at.exception and "Imported as **from-cluster**" in at.success[0].value
+    assert (app_env / "from-cluster" / "model.keras").exists()
+    at.file_uploader(key="import.zip").set_value(("junk.zip", b"not a zip", "application/zip")).run()
+    button(at, "Import").click().run()
+    assert "Not imported: junk.zip is not a readable zip file" in at.error[0].value
+    at.file_uploader(key="import.zip").set_value(None).run()
+    at.text_input(key="import.folder").set_value(str(saved[0].path)).run()
+    button(at, "Import").click().run()
+    assert f"Imported as **{saved[0].name}_2**" in at.success[0].value
+
+
+def test_train_again_starts_a_saved_runs_settings_on_the_train_page(app_env: Path) -> None:
+    saved = runs.list_runs(app_env)[0]
+    if not saved:
+        pytest.skip("needs the run trained by the training test")
+    at = page("pages/runs.py")
+    assert at.get("download_button")  # the runs table as CSV, among others
+    at.selectbox[0].set_value(saved[-1].name).run()
+    button(at, "Train again with these settings").click().run()
+    assert not at.exception and at.title[0].value == "Train"
+    assert at.session_state["model_config"] == saved[-1].model_config
+    assert at.session_state["train_config"] == saved[-1].train_config
+    from pages import common
+
+    job = common.job_manager().latest_job(at.session_state["client"])
+    assert job.model_config == saved[-1].model_config and job.train_config == saved[-1].train_config
+    common.job_manager().stop(job)
+    wait_job(lambda j: not job.active, timeout=60)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import keras
@@ -116,3 +119,61 @@ def test_default_runs_dir_follows_the_environment(tmp_path: Path, monkeypatch: p
     assert runs.default_runs_dir().name == "runs"
     shutil.rmtree(tmp_path, ignore_errors=True)
     assert runs.list_runs(tmp_path / "missing") == ([], [])
+
+
+def zipped(run: Path, folder: str | None = "run1", extra: dict[str, bytes] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for file in runs.FILES:
+            z.write(run / file, f"{folder}/{file}" if folder else file)
+        for name, content in (extra or {}).items():
+            z.writestr(name, content)
+    return buf.getvalue()
+
+
+def test_import_a_run_folder_or_a_zip_of_one(tmp_path: Path) -> None:
+    run = save(tmp_path / "elsewhere" / "cluster-run")
+    root = tmp_path / "runs"
+    copied = runs.import_run(run, root, run.name)
+    assert copied == root / "cluster-run" and runs.read_run(copied).history == HISTORY
+    from_zip = runs.import_run(zipped(run), root, "cluster-run.zip")
+    assert from_zip == root / "cluster-run_2" and runs.load_model(from_zip) is not None
+    flat = runs.import_run(zipped(run, folder=None, extra={"notes.txt": b"x"}), root, "flat.zip")
+    assert sorted(p.name for p in flat.iterdir()) == sorted(runs.FILES)
+    assert len(runs.list_runs(root)[0]) == 3 and not runs.list_runs(root)[1]
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"not a zip", "is not a readable zip file"),
+    ("partial", "model.keras missing"),
+    ("escape", "unsafe path"),
+    ("lambda", "cannot be loaded safely"),
+])
+def test_a_bad_import_is_refused_and_leaves_nothing_behind(tmp_path: Path, content, words: str) -> None:
+    run = save(tmp_path / "src" / "run1")
+    if content == "partial":
+        content = zipped(run)
+        with zipfile.ZipFile(io.BytesIO(content)) as z:
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w") as out:
+                for info in z.infolist():
+                    if not info.filename.endswith("model.keras"):
+                        out.writestr(info, z.read(info))
+        content = buf.getvalue()
+    elif content == "escape":
+        content = zipped(run, extra={"../../evil.txt": b"x"})
+    elif content == "lambda":
+        inputs = keras.Input((32, 32, 3))
+        x = keras.layers.GlobalAveragePooling2D()(keras.layers.Lambda(lambda t: t * 2)(inputs))
+        content = zipped(save(tmp_path / "src" / "evil", keras.Model(inputs, keras.layers.Dense(10)(x))))
+    root = tmp_path / "runs"
+    with pytest.raises(runs.RunError, match=words):
+        runs.import_run(content, root, "upload.zip")
+    assert not any(root.iterdir()) and not (tmp_path / "evil.txt").exists()
+
+
+def test_the_runs_table_as_csv(tmp_path: Path) -> None:
+    save(tmp_path / "run1")
+    rows = list(csv.DictReader(io.StringIO(runs.runs_csv(runs.list_runs(tmp_path)[0]))))
+    assert len(rows) == 1 and rows[0]["run"] == "run1" and rows[0]["widths"] == "8"
+    assert rows[0]["best_val_accuracy"] == "0.35" and rows[0]["epochs"] == "2" and rows[0]["seed"] == "0"
