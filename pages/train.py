@@ -7,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-from deconv import charts, data, runs
+from deconv import charts, data, inference, runs
 from deconv.cost import HEAVY_FLOPS, describe
 from pages import common
 from pages.common import MODEL, SAVE_PROBLEM, TRAIN, config_widget
@@ -15,6 +15,7 @@ from pages.common import MODEL, SAVE_PROBLEM, TRAIN, config_widget
 common.require_app()
 
 HEAVY_REPORT_IMAGES = 100  # a heavy model's after-training report uses this many validation images
+GALLERY = 8  # confidently wrong images shown after training
 
 
 @st.cache_data(show_spinner=False)
@@ -26,12 +27,12 @@ def image_counts(path: str) -> tuple[int, int]:
 
 @st.cache_data(show_spinner="Checking the model on its validation images...", max_entries=8)
 def report_for(path: str, mtime: float) -> Any:
-    """Confusion matrix and per-class accuracy of a saved run."""
+    """Confusion matrix, per-class accuracy and mistakes of a saved run, with its validation images."""
     from deconv import analysis
 
     info = runs.read_run(path)
     heavy = describe(info.model_config).flops > HEAVY_FLOPS
-    return analysis.run_report(common.model_for(info), info, HEAVY_REPORT_IMAGES if heavy else None)[0]
+    return analysis.run_report(common.model_for(info), info, HEAVY_REPORT_IMAGES if heavy else None)
 
 
 def start() -> None:
@@ -85,7 +86,7 @@ def finished(job: Any) -> None:
     curves(job)
     st.caption(f"Saved as **{info.name}** in {info.path.parent} and made the active model.")
     try:
-        rep = report_for(str(info.path), (info.path / "model.keras").stat().st_mtime)
+        rep, images = report_for(str(info.path), (info.path / "model.keras").stat().st_mtime)
     except (data.DataError, runs.RunError) as e:
         st.warning(f"No confusion matrix: {e}.")
         return
@@ -94,6 +95,20 @@ def finished(job: Any) -> None:
     left.plotly_chart(charts.confusion(rep.matrix, rep.labels), key=f"cm-{job.id}")
     right.markdown("**Accuracy per class**")
     right.plotly_chart(charts.per_class(rep.per_class, rep.labels), key=f"pc-{job.id}")
+    mistakes(rep, images)
+
+
+def mistakes(rep: Any, images: Any) -> None:
+    """The validation images the model got wrong with the highest confidence."""
+    wrong = rep.confidently_wrong(GALLERY)
+    if not wrong:
+        return
+    st.markdown("**Most confidently wrong** validation images: what the model was surest about, and missed")
+    for row in range(0, len(wrong), GALLERY // 2):
+        cols = st.columns(GALLERY // 2)
+        for col, (i, predicted, confidence) in zip(cols, wrong[row:row + GALLERY // 2]):
+            col.image(inference.enlarge(images[i], 112), width=112,
+                      caption=f"{rep.labels[predicted]} {confidence:.0%} (is {rep.labels[rep.y_true[i]]})")
 
 
 def unsaved(job: Any) -> None:

@@ -134,6 +134,9 @@ def test_training_completes_with_curves_a_confusion_matrix_and_a_saved_run(app_e
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     assert len(charts) == 3  # curves, confusion matrix, per-class accuracy
     assert len(charts[0]["data"][0]["x"]) == 2  # two epochs of training loss
+    assert any("Most confidently wrong" in m.value for m in at.markdown)
+    captions = [c for img in at.get("image") for c in img.captions]
+    assert len(captions) == 8 and all("% (is " in c for c in captions)
     saved, broken = runs.list_runs(app_env)
     assert len(saved) == 1 and not broken and saved[0].model_config == ModelConfig(widths=(8,))
     assert at.session_state["active_run"] == str(saved[0].path)
