@@ -7,6 +7,7 @@ pickle.load. Keras is imported only when a file is read or downloaded, so findin
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 import tarfile
@@ -111,10 +112,17 @@ def find_data(data_dir: str | os.PathLike[str] | None = None) -> DataSource | No
 
 def download(progress: DownloadProgress | None = None) -> DataSource:
     """Download and extract CIFAR-10 into the Keras cache as keras.datasets.cifar10 does (hash-checked)."""
-    import keras
-
     cache = keras_cache_dirs()[0].parent.parent
     cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".{KERAS_CACHE_NAME}.lock", "w") as lock:  # one download at a time, across processes
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _download(cache, progress)
+
+
+def _download(cache: Path, progress: DownloadProgress | None) -> DataSource:
+    """The body of download(), run under its lock."""
+    import keras
+
     archive = cache / f"{KERAS_CACHE_NAME}_archive"  # the name keras.utils.get_file uses
     if not archive.exists():
         partial = archive.with_suffix(".part")

@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import tarfile
+import time
 import urllib.error
 from pathlib import Path
 
@@ -139,3 +140,32 @@ def test_a_damaged_download_is_reported(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     with pytest.raises(data.DataError, match="damaged"):
         data.get_data()
+
+
+def test_two_downloads_at_once_download_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    folder = write_cifar(tmp_path / "src")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(buf.getvalue())
+    monkeypatch.setattr(data, "ORIGIN", (tmp_path / "cifar-10-python.tar.gz").as_uri())
+    monkeypatch.setattr(data, "FILE_HASH", hashlib.sha256(buf.getvalue()).hexdigest())
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    fetched, results = [], []
+    real = data.urllib.request.urlretrieve
+
+    def slow(*args: object) -> object:
+        fetched.append(1)
+        time.sleep(0.5)  # long enough for the other download to start meanwhile
+        return real(*args)
+
+    monkeypatch.setattr(data.urllib.request, "urlretrieve", slow)
+    threads = [threading.Thread(target=lambda: results.append(data.download())) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(fetched) == 1 and len(results) == 2 and results[0].path == results[1].path
+    assert data.label_names(results[0]) == LABELS
