@@ -1,4 +1,4 @@
-"""Plotly figures the pages show: learning curves, confusion matrix, top-k bars, run overlays."""
+"""Plotly figures for the app: learning curves, confusion matrix, per-class accuracy, top-k, run overlays, feature maps and class evidence."""
 
 from __future__ import annotations
 
@@ -88,4 +88,36 @@ def overlay(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], key: str, titl
     fig.update_yaxes(title_text=title, range=[0, 1] if "accuracy" in key else None, rangemode="tozero")
     fig = _layout(fig, 360)
     fig.update_layout(margin=dict(l=70))  # room for the axis title beside its numbers
+    return fig
+
+
+HEAT = [[0.0, "rgba(255,255,0,0)"], [0.4, "rgba(255,170,0,0.35)"], [1.0, "rgba(220,0,0,0.8)"]]  # clear where low
+
+
+def feature_grid(tiles: np.ndarray, channels: Sequence[int], title: str, per_row: int = 8) -> go.Figure:
+    """One block's channels (k, h, w), each already scaled to [0, 1], side by side as one image; hover names them."""
+    k, h, w = tiles.shape
+    rows, gap = -(-k // per_row), max(1, h // 16)
+    mosaic = np.full((rows * (h + gap) - gap, per_row * (w + gap) - gap), np.nan, np.float32)
+    channel = np.zeros(mosaic.shape, np.uint8)  # widths are at most 256
+    for i, (tile, c) in enumerate(zip(tiles, channels)):
+        top, left = i // per_row * (h + gap), i % per_row * (w + gap)
+        mosaic[top:top + h, left:left + w], channel[top:top + h, left:left + w] = tile, c
+    fig = go.Figure(go.Heatmap(z=mosaic, customdata=channel, zmin=0, zmax=1, colorscale="Viridis", showscale=False,
+                               hoverongaps=False, hovertemplate="channel %{customdata}<br>%{z:.2f} of its peak"
+                               "<extra></extra>"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x", constraintoward="top")  # square, row 0 atop
+    fig.update_layout(title=dict(text=title, font_size=14), height=60 + 50 * rows, margin=dict(l=0, r=0, t=60, b=0))
+    return fig
+
+
+def heat_overlay(image: np.ndarray, heat: np.ndarray, title: str) -> go.Figure:
+    """A 32x32 RGB image with a [0, 1] map over it: see-through where low, red where high."""
+    fig = go.Figure([go.Image(z=image, hoverinfo="skip"),
+                     go.Heatmap(z=heat, zmin=0, zmax=1, zsmooth="best", colorscale=HEAT, showscale=False,
+                                hovertemplate="x %{x}, y %{y}<br>%{z:.2f} of the peak<extra></extra>")])
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, scaleanchor="x")
+    fig.update_layout(title=dict(text=title, font_size=14), height=260, margin=dict(l=0, r=0, t=40, b=0))
     return fig

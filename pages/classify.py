@@ -1,8 +1,9 @@
-"""Classify: uploaded pictures or CIFAR-10 test images, with the 32x32 view the model sees and its top 5."""
+"""Classify: uploaded pictures or CIFAR-10 test images, the 32x32 view the model sees, its top 5, and a look inside."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import streamlit as st
@@ -11,6 +12,9 @@ from PIL import Image
 from deconv import charts, data, inference, runs
 from pages import common
 from pages.common import ACTIVE_RUN
+
+if TYPE_CHECKING:
+    from deconv import explain  # imported where it is used: it loads TensorFlow
 
 common.require_app()
 
@@ -27,9 +31,60 @@ def test_images(path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return x, y, data.label_names(source)
 
 
+@st.cache_resource(max_entries=4, show_spinner=False)
+def probe(path: str, mtime: float) -> Any:
+    """A run's cached model, opened up to every block's output and the class scores."""
+    from deconv import explain
+
+    return explain.probe(common.load_model(path, mtime))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def feature_maps(path: str, mtime: float, view: np.ndarray) -> list[explain.BlockMaps]:
+    """Every block's feature maps for one 32x32 view, cached."""
+    from deconv import explain
+
+    return explain.feature_maps(probe(path, mtime), view)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def evidence(path: str, mtime: float, view: np.ndarray, class_index: int) -> explain.Evidence:
+    """Grad-CAM and saliency of one class for one 32x32 view, cached."""
+    from deconv import explain
+
+    return explain.evidence(probe(path, mtime), view, class_index)
+
+
+def look_inside(key: str, run: runs.RunInfo, view: np.ndarray, prediction: inference.Prediction,
+                labels: list[str]) -> None:
+    """Where the evidence for a class lies, beside the feature maps of every conv and deconv block."""
+    path, mtime = str(run.path), (run.path / "model.keras").stat().st_mtime
+    chance = dict(zip(prediction.labels, prediction.probabilities))
+    left, right = st.columns([1, 3], border=True)
+    chosen = left.selectbox("Evidence for", prediction.labels, key=f"class-{key}",
+                            format_func=lambda label: f"{label} ({chance[label]:.0%})")
+    with st.spinner("Looking inside the network..."):
+        maps = feature_maps(path, mtime, view)
+        found = evidence(path, mtime, view, labels.index(chosen))
+    if found.grad_cam.any():
+        left.plotly_chart(charts.heat_overlay(view, found.grad_cam, "Grad-CAM"), key=f"cam-{key}")
+        left.caption(f"Where the last block found features that raise the **{chosen}** score.")
+    else:
+        left.info(f"Grad-CAM: nothing in the last block raises the **{chosen}** score for this image.")
+    left.plotly_chart(charts.heat_overlay(view, found.saliency, "Gradient saliency"), key=f"saliency-{key}")
+    left.caption(f"The pixels whose slightest change would move the **{chosen}** score most.")
+    right.caption("What each block outputs for this image: its most active channels, each on its own scale (yellow "
+                  "is the channel's peak). Each conv block is followed by its deconv block; a deconv with stride 2 "
+                  "maps the features back up to a larger map.")
+    for conv, deconv in zip(maps[::2], maps[1::2]):
+        for column, block in zip(right.columns(2), (conv, deconv)):
+            title = f"{block.label}<br><sup>{block.summary}</sup>"
+            column.plotly_chart(charts.feature_grid(block.tiles, block.channels, title), key=f"maps-{key}-{block.name}")
+
+
 def show(key: str, name: str, original: Image.Image, view: np.ndarray, prediction: inference.Prediction,
-         true: str | None) -> None:
-    """One image: as uploaded, as the model sees it, and the top-5 chart."""
+         true: str | None, run: runs.RunInfo, labels: list[str]) -> None:
+    """One image: as uploaded, as the model sees it, the top-5 chart, and on request a look inside."""
     a, b, c = st.columns([1, 1, 3], vertical_alignment="center")
     a.image(inference.preview(original), caption=name)
     b.image(inference.enlarge(view), caption="what the model sees (32x32)", width=128)
@@ -40,10 +95,14 @@ def show(key: str, name: str, original: Image.Image, view: np.ndarray, predictio
         st.dataframe({"class": prediction.labels, "probability": prediction.probabilities}, hide_index=True,
                      column_config={"probability": st.column_config.ProgressColumn(format="%.4f", min_value=0.0,
                                                                                    max_value=1.0)})
+    if c.toggle("Look inside", key=f"inside-{key}", help="the feature maps of every block, and where the evidence "
+                "for a class lies in the image"):
+        look_inside(key, run, view, prediction, labels)
 
 
 st.title("Classify")
-st.markdown("Upload pictures, or draw random CIFAR-10 test images, and see what the network makes of them.")
+st.markdown("Upload pictures, or draw random CIFAR-10 test images, and see what the network makes of them. "
+            "**Look inside** a result to see what every block outputs and where the evidence for a class lies.")
 
 saved, broken = runs.list_runs(common.runs_dir())
 if not saved:
@@ -77,7 +136,7 @@ with upload_tab:
     if good:
         predictions = inference.classify(model, np.stack([g[2] for g in good]), labels, k=len(labels))
         for i, ((name, img, view), pred) in enumerate(zip(good, predictions)):
-            show(f"upload-{i}-{name}", name, img, view, pred, None)
+            show(f"upload-{i}-{name}", name, img, view, pred, None, run, labels)
 
 with cifar_tab:
     try:
@@ -97,4 +156,5 @@ with cifar_tab:
             st.stop()
         pick = np.random.default_rng(st.session_state["sample_seed"]).choice(len(x), min(SAMPLES, len(x)), replace=False)
         for i, pred in zip(pick, inference.classify(model, x[pick], labels, k=len(labels))):
-            show(f"test-{i}", f"test image {i}", inference.enlarge(x[i], 150), x[i], pred, test_labels[y[i]])
+            show(f"test-{i}", f"test image {i}", inference.enlarge(x[i], 150), x[i], pred, test_labels[y[i]], run,
+                 labels)
