@@ -41,6 +41,19 @@ def app_env(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
+@pytest.fixture
+def a_run(app_env: Path) -> Path:
+    """A saved run to classify with: the one the training test made, or an untrained one saved now."""
+    saved = runs.list_runs(app_env)[0]
+    if saved:
+        return saved[-1].path
+    from deconv.model import build_model
+
+    config = ModelConfig(widths=(8,))
+    return runs.save_run(app_env / "untrained", build_model(config), config, at_config(epochs=1), [],
+                         {"status": "finished", "val_accuracy": 0.1})
+
+
 def page(name: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120).run()
     return at.switch_page(name).run()
@@ -177,9 +190,7 @@ def test_stop_ends_training_early_and_keeps_the_model(app_env: Path) -> None:
     assert metric(at, "Validation accuracy") == f"{info.val_accuracy:.1%}"
 
 
-def test_classify_uploads_a_good_and_a_bad_file(app_env: Path) -> None:
-    if not runs.list_runs(app_env)[0]:
-        pytest.skip("needs the run trained by the training test")
+def test_classify_uploads_a_good_and_a_bad_file(app_env: Path, a_run: Path) -> None:
     at = page("pages/classify.py")
     at.file_uploader[0].set_value([("photo.png", images.good()["photo.png"], "image/png"),
                                    ("notes.png", b"just some text", "image/png")]).run()
@@ -190,11 +201,9 @@ def test_classify_uploads_a_good_and_a_bad_file(app_env: Path) -> None:
     assert [c.key for c in at.get("plotly_chart") if not c.key.startswith("top-test")] == ["top-upload-0-photo.png"]
 
 
-def test_every_file_of_the_bad_input_corpus_gets_a_message_or_a_prediction(app_env: Path) -> None:
+def test_every_file_of_the_bad_input_corpus_gets_a_message_or_a_prediction(app_env: Path, a_run: Path) -> None:
     import resource
 
-    if not runs.list_runs(app_env)[0]:
-        pytest.skip("needs the run trained by the training test")
     good, bad = images.good(), images.bad()
     at = page("pages/classify.py")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -212,9 +221,7 @@ def test_every_file_of_the_bad_input_corpus_gets_a_message_or_a_prediction(app_e
     assert not again.exception and again.file_uploader
 
 
-def test_classify_cifar_test_images_with_their_true_labels(app_env: Path) -> None:
-    if not runs.list_runs(app_env)[0]:
-        pytest.skip("needs the run trained by the training test")
+def test_classify_cifar_test_images_with_their_true_labels(app_env: Path, a_run: Path) -> None:
     at = page("pages/classify.py")
     charts = [c for c in at.get("plotly_chart") if c.key.startswith("top-test-")]
     assert len(charts) == 8  # eight random test images, each with its top-5 chart
@@ -308,13 +315,11 @@ def test_the_deconv_shape_calculator_warns_of_uneven_overlap(app_env: Path) -> N
     assert not at.warning and set(at.dataframe[1].value["overlap"]) == {"even"}
 
 
-def test_runs_page_imports_a_zipped_run_and_refuses_a_bad_zip(app_env: Path, tmp_path: Path) -> None:
+def test_runs_page_imports_a_zipped_run_and_refuses_a_bad_zip(app_env: Path, a_run: Path, tmp_path: Path) -> None:
     import io
     import zipfile
 
     saved = runs.list_runs(app_env)[0]
-    if not saved:
-        pytest.skip("needs the run trained by the training test")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         for file in runs.FILES:
@@ -333,10 +338,8 @@ def test_runs_page_imports_a_zipped_run_and_refuses_a_bad_zip(app_env: Path, tmp
     assert f"Imported as **{saved[0].name}_2**" in at.success[0].value
 
 
-def test_train_again_starts_a_saved_runs_settings_on_the_train_page(app_env: Path) -> None:
+def test_train_again_starts_a_saved_runs_settings_on_the_train_page(app_env: Path, a_run: Path) -> None:
     saved = runs.list_runs(app_env)[0]
-    if not saved:
-        pytest.skip("needs the run trained by the training test")
     at = page("pages/runs.py")
     assert at.get("download_button")  # the runs table as CSV, among others
     at.selectbox[0].set_value(saved[-1].name).run()
