@@ -13,6 +13,8 @@ common.init_state()
 page = common.navigation()
 common.sidebar()
 common.url_notes()
+if page.url_path in common.KERAS_PAGES:
+    common.import_keras()
 try:
     with common.app_script():
         page.run()

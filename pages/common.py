@@ -31,6 +31,19 @@ PAGES = [("pages/home.py", "Home", ":material/home:"), ("pages/architecture.py",
          ("pages/train.py", "Train", ":material/model_training:"), ("pages/classify.py", "Classify", ":material/image_search:"),
          ("pages/runs.py", "Runs", ":material/history:")]
 _script = threading.local()  # per script thread: is app.py running the page now?
+KERAS_PAGES = {"train", "classify", "runs"}  # url paths of the pages that import Keras
+_keras_import = threading.Lock()
+
+
+def import_keras() -> None:
+    """Import Keras (and TensorFlow) one session thread at a time.
+
+    Two sessions importing it for the first time at once can hit a deadlock inside its circular
+    imports, which leaves the module half-initialised for the server's whole life (seen under load:
+    every later model load failed). Once imported, this is an uncontended lock and a dict lookup.
+    """
+    with _keras_import:
+        import keras  # noqa: F401
 
 
 def navigation() -> Any:

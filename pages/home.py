@@ -45,6 +45,7 @@ else:
                          text=f"Downloading CIFAR-10: {done / 2**20:.0f} of {max(total, 0) / 2**20:.0f} MB")
 
         try:
+            common.import_keras()  # the download goes through Keras' get_file
             found = data.download(progress)
             st.success(f"Downloaded and extracted to {found.path}.")
         except data.DataError as e:
