@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -21,6 +22,8 @@ from deconv.config import PRESETS, ModelConfig, Spec, TrainConfig, preset
 
 ALIASES = {"learning_rate": ["--lr"]}
 STOP = threading.Event()  # set by SIGINT/SIGTERM: training ends after its current batch
+STRATEGIES = ("none", "mirrored", "multiworker")
+TF_CONFIG_EXAMPLE = '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
 
 
 def install_stop_handlers() -> None:
@@ -88,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, TrainConfig)
     p.add_argument("--out", required=True, help="run directory to create (must not exist or be empty)")
     p.add_argument("--progress", help="append one JSON line per event to this file")
+    p.add_argument("--strategy", choices=STRATEGIES, default="none",
+                   help="none: this process as usual; mirrored: tf.distribute.MirroredStrategy over all local GPUs "
+                        "(or CPUs); multiworker: tf.distribute.MultiWorkerMirroredStrategy, one process per worker "
+                        "configured by TF_CONFIG, the chief saves --out (default none)")
 
     p = sub.add_parser("evaluate", help="accuracy of a saved run on test_batch")
     p.add_argument("run_dir")
@@ -143,12 +150,44 @@ class ProgressLog:
             self.file.close()
 
 
+def tf_config_problem(text: str | None) -> str | None:
+    """What is wrong with TF_CONFIG for multi-worker training, or None when it names a cluster and this worker in it."""
+    if not text or not text.strip():
+        return "TF_CONFIG is not set"
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"TF_CONFIG is not valid JSON ({e})"
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    if not isinstance(cluster, dict) or ("worker" not in cluster and "chief" not in cluster):
+        return 'TF_CONFIG has no "cluster" with a "worker" list'
+    for job, hosts in cluster.items():
+        if job not in ("chief", "worker"):
+            return f'TF_CONFIG cluster has a "{job}" job: multi-worker training uses only "chief" and "worker"'
+        addresses = hosts if isinstance(hosts, list) else []
+        if not addresses or not all(isinstance(a, str) and re.fullmatch(r"\S+:\d+", a) for a in addresses):
+            return f'TF_CONFIG cluster "{job}" must be a list of "host:port" addresses'
+    if len(cluster.get("chief", [])) > 1:
+        return 'TF_CONFIG cluster "chief" must hold one address'
+    task = config.get("task")
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        types = " or ".join(map(json.dumps, cluster))
+        return f'TF_CONFIG "task" must name this worker: {{"type": {types}, "index": N}}'
+    index, count = task.get("index", 0), len(cluster[task["type"]])
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+        return f'TF_CONFIG task index {json.dumps(index)} is not a whole number from 0 to {count - 1}'
+    return None
+
+
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Train, save the run, print the summary JSON line."""
     try:
         model_config, train_config = configs_from_args(args)
     except ValueError as e:
         parser.error(str(e))
+    if args.strategy == "multiworker" and (problem := tf_config_problem(os.environ.get("TF_CONFIG"))):
+        return _fail(f"{problem}. --strategy multiworker needs TF_CONFIG set on every worker to JSON such as "
+                     f"{TF_CONFIG_EXAMPLE}: the same cluster everywhere, each worker's own task index", 2)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         return _fail(f"{out} already exists and is not empty: choose another --out", 2)
@@ -194,12 +233,24 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, args: argparse.
 
     import tensorflow as tf
 
+    try:
+        strategy = make_strategy(args.strategy)
+    except (tf.errors.OpError, RuntimeError, ValueError) as e:  # a TF_CONFIG address that cannot be served, say
+        hint = "; is this worker's TF_CONFIG address on this machine, its port free?"
+        return end("error", f"cannot start the {args.strategy} strategy: {_first_line(e)}"
+                            f"{hint if args.strategy == 'multiworker' else ''}", 1)
+    install_stop_handlers()  # the multi-worker runtime takes SIGTERM for its own preemption notice: take it back
     wall = time.time()
     try:
-        result = training.train(model_config, train_config, dataset, log, stop)
+        result = training.train(model_config, train_config, dataset, log, stop, strategy=strategy)
     except (tf.errors.OpError, MemoryError) as e:  # out of memory, or an op the machine cannot run
-        first = (getattr(e, "message", None) or str(e) or type(e).__name__).strip().splitlines()[0][:300]
-        return end("error", f"training failed: {first}; try a smaller model or batch size", 1)
+        return end("error", f"training failed: {_first_line(e)}; try a smaller model or batch size", 1)
+    code = 1 if result.status == "nan" else 0
+    if strategy is not None and not strategy.extended.should_checkpoint:  # TF's rule: only the chief saves
+        message = f"{result.message}; the chief worker saves the run"
+        end(result.status, message, code)
+        _emit({"run_dir": None, "status": result.status, "message": message, "replicas": result.extra["replicas"]})
+        return code
     cost = describe(model_config)
     last_val = final_val_accuracy(result, dataset, cost.flops)
     meta = {"status": result.status, "message": result.message, "train_seconds": result.train_seconds,
@@ -207,7 +258,7 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, args: argparse.
             "params": cost.params, "flops": cost.flops, "label_names": dataset.label_names,
             "data": {"path": str(dataset.source.path), "found_by": dataset.source.how,
                      "train_size": len(dataset.x_train), "val_size": len(dataset.x_val)},
-            "seed": train_config.seed, "val_accuracy": last_val}
+            "seed": train_config.seed, "val_accuracy": last_val, "strategy": args.strategy, **result.extra}
     try:
         runs.save_run(out, result.model, model_config, train_config, result.history, meta)
     except runs.RunError as e:
@@ -215,10 +266,26 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, args: argparse.
     summary = {"run_dir": str(out), "status": result.status, "message": result.message,
                "epochs": meta["epochs_completed"], "train_seconds": round(result.train_seconds, 3),
                "val_accuracy": last_val, "params": cost.params}
-    code = end(result.status, result.message, 1 if result.status == "nan" else 0,
-               **{k: v for k, v in summary.items() if k not in ("status", "message")})
+    end(result.status, result.message, code, **{k: v for k, v in summary.items() if k not in ("status", "message")})
     _emit(summary)
     return code
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message (TensorFlow's can run to pages)."""
+    return (getattr(e, "message", None) or str(e) or type(e).__name__).strip().splitlines()[0][:300]
+
+
+def make_strategy(name: str) -> Any:
+    """TensorFlow's distribution strategy called `name`, or None for "none"."""
+    import tensorflow as tf
+
+    if name == "mirrored":  # all local GPUs, else all local CPUs (MirroredStrategy() alone would take only CPU:0)
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if name == "multiworker":  # the cluster and this worker's place in it come from TF_CONFIG
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return None
 
 
 def final_val_accuracy(result: Any, dataset: Any, flops: int) -> float | None:

@@ -1,7 +1,8 @@
-"""Train a network with Keras `fit`, reporting progress through callbacks and stopping on request."""
+"""Train a network with Keras `fit` (optionally under a tf.distribute strategy), with progress events and stop requests."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -12,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deconv.config import NUM_CLASSES, ModelConfig, TrainConfig
+from deconv.config import IMAGE_SIZE, NUM_CLASSES, ModelConfig, TrainConfig
 from deconv.data import Dataset
 from deconv.model import build_model
 
@@ -104,10 +105,11 @@ class ProgressCallback(keras.callbacks.Callback):
     async_safe = True  # Keras may run the batch hooks on its callback thread: no host sync in the training loop
 
     def __init__(self, sink: EventSink, stop: threading.Event, epochs: int, steps: int, batch_size: int,
-                 interval: float = REPORT_INTERVAL) -> None:
+                 interval: float = REPORT_INTERVAL, agree: Callable[[bool], bool] | None = None) -> None:
         super().__init__()
         self.sink, self.stop, self.epochs, self.steps, self.batch_size = sink, stop, epochs, steps, batch_size
         self.interval = interval
+        self.agree = agree  # several workers: they stop together at an epoch's end, if any of them asked
         self.nan = False
         self.stopped = False
         self.good_weights: list[np.ndarray] | None = None
@@ -121,8 +123,10 @@ class ProgressCallback(keras.callbacks.Callback):
         self.epoch = epoch
         self.epoch_start = self.last_report = self.first_step_end = time.perf_counter()
 
-    def _check_stop(self) -> None:
-        if self.stop.is_set() and not self.stopped:
+    def _check_stop(self, epoch_end: bool = False) -> None:
+        if self.agree is not None and not epoch_end:
+            return  # a worker that stopped alone would leave the others waiting for it in the next step
+        if self.stop.is_set() and not self.stopped and self.agree is None:
             self.stopped = True
         if self.stopped or self.nan:
             self.model.stop_training = True
@@ -157,9 +161,9 @@ class ProgressCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = dict(logs or {})
         now = time.perf_counter()
-        if not math.isfinite(float(logs.get("loss", math.nan))):
+        if not math.isfinite(float(logs.get("loss", math.nan))):  # the same on every worker: the loss is all-reduced
             self.nan = True
-            self._check_stop()
+            self._check_stop(epoch_end=True)
             return
         record = {"epoch": epoch + 1, "seconds": now - self.epoch_start, "elapsed": now - self.start}
         record.update({k: float(logs[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs})
@@ -169,37 +173,111 @@ class ProgressCallback(keras.callbacks.Callback):
         self.history.append(record)
         self.good_weights = self.model.get_weights()
         self.sink({"event": "epoch", "epochs": self.epochs, **record})
+        if self.agree is not None and self.agree(self.stop.is_set()):
+            self.stopped = True
+            self._check_stop(epoch_end=True)
+
+
+def sharded_by_element(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """The pipeline sharded by element: every worker builds the same global batches and keeps its share of each."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def build_from_shapes(model: keras.Model) -> None:
+    """Build the compiled model's metrics and optimizer from the input shapes, before Keras' `fit` would."""
+    # Under a strategy, Keras 3.15's `fit` reads a first batch to build them, then restarts the pipeline, whose shuffle
+    # moves on to its next order: the run would see other batches than without a strategy. Under a multi-worker
+    # strategy it fails outright, reducing the (x, y) batch as one nest (keras-team/keras#20585).
+    inputs = (keras.KerasTensor((None, IMAGE_SIZE, IMAGE_SIZE, 3)), keras.KerasTensor((None, NUM_CLASSES)))
+    with model.distribute_strategy.scope():
+        model._symbolic_build(data_batch=inputs)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+
+def metrics_as_vectors(model: keras.Model) -> None:
+    """Let Keras 3.15 average the steps' metrics across workers: it reduces over axis 0, which a scalar lacks."""
+    for name in ("train_step", "test_step"):
+        step = getattr(model, name)
+        setattr(model, name, lambda data, step=step: {k: tf.reshape(v, [1]) for k, v in step(data).items()})
+
+
+def ready_for_strategy(model: keras.Model, strategy: tf.distribute.Strategy) -> bool:
+    """Ready a model built under `strategy` for Keras' `fit`; True when its replicas span several workers."""
+    build_from_shapes(model)
+    if strategy.num_replicas_in_sync > 1:  # batch statistics over the global batch, as on one device
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
+    multi_worker = strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
+    if multi_worker:
+        metrics_as_vectors(model)
+    return multi_worker
+
+
+def any_worker_asks(strategy: tf.distribute.Strategy) -> Callable[[bool], bool]:
+    """A vote across workers: whether any of them asks (a collective, so every worker votes at the same point)."""
+    def vote(asked: bool) -> bool:
+        return float(strategy.reduce("SUM", strategy.run(lambda: tf.constant(float(asked))), axis=None)) > 0
+    return vote
+
+
+def single_device_copy(trained: keras.Model, model_config: ModelConfig, config: TrainConfig, steps: int) -> keras.Model:
+    """The trained model rebuilt outside any strategy, with its weights and optimizer state."""
+    model = compile_model(build_model(model_config), config, steps)
+    model.set_weights(trained.get_weights())
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.set_weights([v.numpy() for v in trained.optimizer.variables])
+    return model
 
 
 def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
           sink: EventSink | None = None, stop: threading.Event | None = None,
-          callbacks: list[keras.callbacks.Callback] | None = None) -> TrainResult:
-    """Build and fit the network on `data`; `stop.set()` ends it after the current batch."""
+          callbacks: list[keras.callbacks.Callback] | None = None,
+          strategy: tf.distribute.Strategy | None = None) -> TrainResult:
+    """Build and fit the network on `data` (under `strategy` if given); `stop.set()` ends it after the current batch."""
     sink = sink or (lambda event: None)
     stop = stop or threading.Event()
     keras.utils.set_random_seed(train_config.seed)
-    batch_size = min(train_config.batch_size, len(data.x_train))
+    batch_size = min(train_config.batch_size, len(data.x_train))  # the global batch: a strategy splits it over replicas
     steps = len(data.x_train) // batch_size
-    model = compile_model(build_model(model_config), train_config, steps)
-    progress = ProgressCallback(sink, stop, train_config.epochs, steps, batch_size)
+    replicas = strategy.num_replicas_in_sync if strategy else 1
+    # Measured with TF 2.21: an XLA step fails over several local devices (a variable on another device) and
+    # across CPU workers (no XLA collectives on CPU); one replica compiles as without a strategy.
+    xla = train_config.xla and replicas == 1
+    if xla != train_config.xla:
+        sink({"event": "status", "message": f"XLA is off: one XLA-compiled step cannot span the {replicas} replicas"})
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = compile_model(build_model(model_config), train_config.replace(xla=xla), steps)
+    train_data = batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=train_config.seed,
+                         augment=train_config.augment, whole=True)
+    val_data = batches(data.x_val, data.y_val, even_batch(len(data.x_val), max(batch_size, 100)))
+    agree = None
+    if strategy and ready_for_strategy(model, strategy):  # replicas on other workers too
+        train_data, val_data = sharded_by_element(train_data), sharded_by_element(val_data)
+        agree = any_worker_asks(strategy)
+    progress = ProgressCallback(sink, stop, train_config.epochs, steps, batch_size, agree=agree)
     sink({"event": "start", "epochs": train_config.epochs, "batches": steps, "train_size": len(data.x_train),
-          "val_size": len(data.x_val), "params": model.count_params()})
+          "val_size": len(data.x_val), "params": model.count_params(), "replicas": replicas})
     start = time.perf_counter()
-    model.fit(batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=train_config.seed,
-                      augment=train_config.augment, whole=True),
-              validation_data=batches(data.x_val, data.y_val, even_batch(len(data.x_val), max(batch_size, 100))),
-              epochs=train_config.epochs, callbacks=[progress, *(callbacks or [])], shuffle=False, verbose=0)  # the pipeline shuffles
+    model.fit(train_data, validation_data=val_data, epochs=train_config.epochs,
+              callbacks=[progress, *(callbacks or [])], shuffle=False, verbose=0)  # the pipeline shuffles
     seconds = time.perf_counter() - start
+    if strategy:  # under a strategy, Keras' predict_on_batch repeats each row once per replica
+        model = single_device_copy(model, model_config, train_config.replace(xla=xla), steps)
+    extra = {"replicas": replicas, "xla": xla}
     if progress.nan:
         if progress.good_weights is not None:
             model.set_weights(progress.good_weights)
         return TrainResult(model, progress.history, "nan",
                            f"the loss became NaN in epoch {progress.epoch + 1}; kept the weights from before it. "
-                           f"Try a smaller learning rate than {train_config.learning_rate:g}.", seconds)
+                           f"Try a smaller learning rate than {train_config.learning_rate:g}.", seconds, extra)
     if progress.stopped:
         return TrainResult(model, progress.history, "stopped",
-                           f"stopped by request in epoch {progress.epoch + 1} of {train_config.epochs}", seconds)
-    return TrainResult(model, progress.history, "finished", f"trained {train_config.epochs} epoch{'s' if train_config.epochs > 1 else ''}", seconds)
+                           f"stopped by request in epoch {progress.epoch + 1} of {train_config.epochs}", seconds, extra)
+    return TrainResult(model, progress.history, "finished",
+                       f"trained {train_config.epochs} epoch{'s' if train_config.epochs > 1 else ''}", seconds, extra)
 
 
 def predict(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
