@@ -29,7 +29,7 @@ class ValidationReport:
     @property
     def per_class(self) -> np.ndarray:
         """Accuracy of each true class."""
-        return np.diag(self.matrix) / np.maximum(self.matrix.sum(axis=1), 1)
+        return class_accuracy(self.matrix)
 
     def confidently_wrong(self, k: int = 8) -> list[tuple[int, int, float]]:
         """(index, predicted class, confidence) of the k wrong predictions made with the highest probability."""
@@ -44,6 +44,12 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """Counts (10, 10): row = true class, column = predicted class."""
     idx = y_true.astype(np.int64) * NUM_CLASSES + y_pred.astype(np.int64)
     return np.bincount(idx, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+
+
+def class_accuracy(matrix: np.ndarray | list[list[int]]) -> np.ndarray:
+    """Accuracy of each true class from a confusion matrix (row = true class)."""
+    matrix = np.asarray(matrix)
+    return np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
 
 
 def report(probabilities: np.ndarray, y_true: np.ndarray, labels: list[str]) -> ValidationReport:

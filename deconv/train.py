@@ -97,11 +97,29 @@ def learning_rate(config: TrainConfig, steps_per_epoch: int) -> float | keras.op
                                                   warmup_target=config.learning_rate, warmup_steps=warmup)
 
 
-def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int = 1) -> keras.Model:
-    """Adam and categorical cross-entropy, as in the article; optionally XLA-compiled."""
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)),
+class ConfusionMatrix(keras.metrics.Metric):
+    """Counts of (true class, predicted class) over an epoch, summed inside the compiled step: no extra pass."""
+
+    def __init__(self, name: str = "confusion", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.counts = self.add_variable((NUM_CLASSES, NUM_CLASSES), "zeros", name="counts")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        """Add a batch: one-hot true rows times one-hot predicted columns."""
+        predicted = keras.ops.one_hot(keras.ops.argmax(y_pred, axis=-1), NUM_CLASSES, dtype=self.dtype)
+        self.counts.assign_add(keras.ops.matmul(keras.ops.transpose(keras.ops.cast(y_true, self.dtype)), predicted))
+
+    def result(self) -> Any:
+        """The (10, 10) counts: row = true class, column = predicted class."""
+        return keras.ops.convert_to_tensor(self.counts)
+
+
+def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int = 1, confusion: bool = False,
+                  optimizer: keras.optimizers.Optimizer | None = None) -> keras.Model:
+    """Adam and categorical cross-entropy, as in the article; optionally XLA-compiled and counting a confusion matrix."""
+    model.compile(optimizer=optimizer or keras.optimizers.Adam(learning_rate(config, steps_per_epoch)),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-                  metrics=["accuracy"], jit_compile=config.xla)
+                  metrics=["accuracy", *([ConfusionMatrix()] if confusion else [])], jit_compile=config.xla)
     return model
 
 
@@ -178,7 +196,10 @@ class ProgressCallback(keras.callbacks.Callback):
             record["partial"] = True
         self.history.append(record)
         self.good_weights = self.model.get_weights()
-        self.sink({"event": "epoch", "epochs": self.epochs, **record})
+        event = {"event": "epoch", "epochs": self.epochs, **record}
+        if "val_confusion" in logs and not self.stopped:  # the validation confusion matrix, for the live charts
+            event["val_confusion"] = np.rint(np.asarray(logs["val_confusion"])).astype(int).tolist()
+        self.sink(event)
         if self.agree is not None and self.agree(self.stop.is_set()):
             self.stopped = True
             self._check_stop(epoch_end=True)
@@ -257,7 +278,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
     if xla != train_config.xla:
         sink({"event": "status", "message": f"XLA is off: one XLA-compiled step cannot span the {replicas} replicas"})
     with strategy.scope() if strategy else contextlib.nullcontext():
-        model = compile_model(build_model(model_config), train_config.replace(xla=xla), steps)
+        model = compile_model(build_model(model_config), train_config.replace(xla=xla), steps, confusion=not strategy)
     train_data = batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=train_config.seed,
                          augment=train_config.augment, whole=True)
     val_data = batches(data.x_val, data.y_val, even_batch(len(data.x_val), max(batch_size, 100)))
@@ -270,12 +291,15 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
         agree = any_worker_asks(strategy)
     progress = ProgressCallback(sink, stop, train_config.epochs, steps, batch_size, agree=agree)
     sink({"event": "start", "epochs": train_config.epochs, "batches": steps, "train_size": len(data.x_train),
-          "val_size": len(data.x_val), "params": model.count_params(), "replicas": replicas})
+          "val_size": len(data.x_val), "params": model.count_params(), "replicas": replicas,
+          "labels": list(data.label_names)})
     model.fit(train_data, validation_data=val_data, epochs=train_config.epochs,
               callbacks=[progress, *(callbacks or [])], shuffle=False, verbose=0)  # the pipeline shuffles
     seconds = time.perf_counter() - start
     if strategy:  # under a strategy, Keras' predict_on_batch repeats each row once per replica
         model = single_device_copy(model, model_config, train_config.replace(xla=xla), steps)
+    else:  # the saved model's compile config then names Keras' own objects only: plain Keras loads it
+        compile_model(model, train_config, steps, optimizer=model.optimizer)
     extra = {"replicas": replicas, "xla": xla}
     if progress.nan:
         if progress.good_weights is not None:

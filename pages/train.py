@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import streamlit as st
 
 from deconv import charts, data, inference, runs
@@ -66,6 +67,27 @@ def curves(job: Any) -> None:
         st.plotly_chart(charts.learning_curves(epochs, current), key=f"curves-{job.id}")
 
 
+def live_confusion(job: Any) -> None:
+    """The validation confusion matrix and per-class accuracy of the latest epoch, while training runs."""
+    epoch = next((e for e in reversed(job.epochs()) if "val_confusion" in e), None)
+    start = job.latest("start") or {}
+    if epoch is None or "labels" not in start:
+        return
+    confusion_charts(np.asarray(epoch["val_confusion"]), start["labels"], f" after epoch {epoch['epoch']} of "
+                     f"{epoch['epochs']}", f"live-{job.id}")
+
+
+def confusion_charts(matrix: np.ndarray, labels: list[str], when: str, key: str) -> None:
+    """A confusion matrix beside the per-class accuracy it implies."""
+    from deconv import analysis
+
+    left, right = st.columns([3, 2])
+    left.markdown(f"**Confusion matrix**{when} ({int(matrix.sum())} validation images)")
+    left.plotly_chart(charts.confusion(matrix, labels), key=f"cm-{key}")
+    right.markdown(f"**Accuracy per class**{when}")
+    right.plotly_chart(charts.per_class(analysis.class_accuracy(matrix), labels), key=f"pc-{key}")
+
+
 def finished(job: Any) -> None:
     """What the user gets after training: the verdict, metrics, confusion matrix, per-class accuracy."""
     ok = {"finished": st.success, "stopped": st.info, "nan": st.error, "error": st.error, "cancelled": st.info}
@@ -90,11 +112,7 @@ def finished(job: Any) -> None:
     except (data.DataError, runs.RunError) as e:
         st.warning(f"No confusion matrix: {e}.")
         return
-    left, right = st.columns([3, 2])
-    left.markdown(f"**Confusion matrix** ({int(rep.matrix.sum())} validation images)")
-    left.plotly_chart(charts.confusion(rep.matrix, rep.labels), key=f"cm-{job.id}")
-    right.markdown("**Accuracy per class**")
-    right.plotly_chart(charts.per_class(rep.per_class, rep.labels), key=f"pc-{job.id}")
+    confusion_charts(rep.matrix, rep.labels, "", job.id)
     mistakes(rep, images)
 
 
@@ -138,6 +156,7 @@ def job_view(job_id: str, page_saw_active: bool) -> None:
     elif job.active:
         progress_block(job)
         curves(job)
+        live_confusion(job)
     elif page_saw_active:
         st.rerun()
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -168,6 +169,11 @@ def test_training_shows_progress_and_curves_then_a_confusion_matrix_and_a_saved_
 def test_stop_ends_training_within_seconds_and_keeps_the_model(page, server) -> None:
     start_training(page, server, "End")
     page.get_by_text("images/s").first.wait_for()
+    live = page.get_by_text(re.compile(r"Confusion matrix after epoch \d+ of 200"))
+    live.wait_for()  # while it trains: the matrix of the latest epoch, refreshed every epoch
+    first = int(re.search(r"epoch (\d+)", live.inner_text()).group(1))
+    page.wait_for_function(f"() => /Confusion matrix after epoch (\\d+) of 200/.exec(document.body.innerText)?.[1] > {first}")
+    shot(page, "train-live-confusion")
     page.get_by_role("button", name="Stop").click()
     asked = time.time()
     page.get_by_text("Stopped by request").wait_for(timeout=60_000)

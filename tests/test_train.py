@@ -32,6 +32,25 @@ def test_events_and_history(cifar_dir: Path) -> None:
     batch = next(e for e in events if e["event"] == "batch")
     assert batch["batches"] == 15 and batch["images_per_second"] > 0 and batch["eta"] >= 0
     assert result.history[-1]["val_accuracy"] > 0.3  # chance is 0.1; the synthetic classes differ by colour
+    assert events[0]["labels"] == ds.label_names
+
+
+def test_every_epoch_reports_the_validation_confusion_matrix(cifar_dir: Path) -> None:
+    config, ds = small_run(cifar_dir)
+    events: list[dict] = []
+    result = train.train(SMALL, config, ds, events.append)
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert len(epochs) == 3
+    for e in epochs:
+        matrix = np.array(e["val_confusion"])
+        assert matrix.shape == (10, 10) and matrix.sum() == 100
+        assert np.trace(matrix) / 100 == pytest.approx(e["val_accuracy"], abs=1e-6)
+        assert np.bincount(ds.y_val, minlength=10).tolist() == matrix.sum(1).tolist()  # row = true class
+    # the last epoch's counts are those of the returned model's predictions
+    predicted = train.predict(result.model, ds.x_val).argmax(1)
+    assert epochs[-1]["val_confusion"] == analysis.confusion_matrix(ds.y_val, predicted).tolist()
+    assert "val_confusion" not in result.history[-1]  # the saved history stays scalar
+    assert result.model.get_compile_config()["metrics"] == ["accuracy"]  # plain Keras loads the saved model
 
 
 def test_stop_takes_effect_within_one_batch_and_keeps_the_model(cifar_dir: Path) -> None:
