@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 PY = sys.executable
 
+from deconv.config import TrainConfig  # noqa: E402  (after the path is set)
+
 
 def child(code: str, timeout: float = 900) -> dict:
     """Run a Python snippet in a fresh process; it prints one JSON line last."""
@@ -211,7 +213,8 @@ def main() -> None:
         print(f"{name:20s} {json.dumps(results[name])[:200]}  ({time.perf_counter() - t:.0f} s)", flush=True)
 
     run("matmul", lambda: {"gflops": median([child(MATMUL)["gflops"] for _ in range(r)])})
-    default = [child(THROUGHPUT.format(preset="default", batch=128, steps=40, warm=3)) for _ in range(r)]
+    batch = TrainConfig().batch_size  # the default's
+    default = [child(THROUGHPUT.format(preset="default", batch=batch, steps=5120 // batch, warm=3)) for _ in range(r)]
     article = [child(THROUGHPUT.format(preset="article", batch=8, steps=2, warm=1), timeout=1800) for _ in range(r)]
     run("throughput", lambda: {
         "default_images_per_second": median([d["images_per_second"] for d in default]),

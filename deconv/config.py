@@ -220,7 +220,7 @@ class ModelConfig(_Config):
                                    help="filters of each block (conv and deconv); the number of values is the number of blocks")
     conv_kernel: int = spec(3, low=1, high=7, help="Conv2D kernel size")
     conv_stride: int = spec(2, low=1, high=2, help="Conv2D stride (2 halves the feature map)")
-    deconv_kernel: int = spec(3, low=1, high=7, help="Conv2DTranspose kernel size")
+    deconv_kernel: int = spec(2, low=1, high=7, help="Conv2DTranspose kernel size")
     deconv_stride: int = spec(1, low=1, high=2, help="Conv2DTranspose stride (2 doubles the feature map)")
     head: str = spec("adaptive", choices=("adaptive", "flatten"),
                      help="adaptive: AdaptiveAveragePooling2D then Dense; flatten: the article's Flatten then Dense")
@@ -284,7 +284,7 @@ class TrainConfig(_Config):
     train_size: int = spec(10_000, low=100, high=50_000, step=100, help="training images, equal counts per class")
     val_size: int = spec(2_000, low=100, high=10_000, step=100, help="validation images from test_batch, equal counts per class")
     epochs: int = spec(5, low=1, high=200, help="passes over the training images")
-    batch_size: int = spec(128, low=8, high=1024, step=8, help="images per training step")
+    batch_size: int = spec(64, low=8, high=1024, step=8, help="images per training step")
     learning_rate: float = spec(5e-3, low=1e-5, high=10.0, log=True, help="Adam learning rate (the peak, with warmup-cosine)")
     seed: int = spec(0, low=0, high=2**31 - 1, help="seed for the subset, the weights and the shuffling")
     schedule: str = spec("warmup-cosine", choices=("warmup-cosine", "constant"),
@@ -295,7 +295,7 @@ class TrainConfig(_Config):
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # Sized for a 2-core CPU: strided convs shrink the map, stride-1 deconvs refine it, 2x2 adaptive pooling.
+    # Sized for a 2-core CPU: 3x3 stride-2 convs halve the map, 2x2 stride-1 deconvs refine it, 2x2 adaptive pooling.
     "default": ModelConfig(),
     # The article's exact network: three upsampling deconvs to 256x256x128, flattened into Dense.
     "article": ModelConfig(widths=(32, 64, 128), conv_kernel=3, conv_stride=1, deconv_kernel=4,

@@ -310,6 +310,8 @@ def test_the_deconv_shape_calculator_warns_of_uneven_overlap(app_env: Path) -> N
     at.slider(key="w.model_config.deconv_stride").set_value(2).run()
     table = at.dataframe[1].value
     assert list(table["input"]) == ["16x16", "16x16", "16x16"] and list(table["output"]) == ["32x32"] * 3
+    assert not at.warning  # the default 2x2 kernel at stride 2: every output pixel gets one input
+    at.slider(key="w.model_config.deconv_kernel").set_value(3).run()
     assert "Checkerboard risk" in at.warning[0].value and "kernel 3 is not divisible by stride 2" in at.warning[0].value
     at.slider(key="w.model_config.deconv_kernel").set_value(4).run()
     assert not at.warning and set(at.dataframe[1].value["overlap"]) == {"even"}

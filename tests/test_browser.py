@@ -189,8 +189,9 @@ def test_upload_a_photo_and_a_text_file_named_png(page, server) -> None:
     go(page, server, "classify", "Your pictures")
     page.locator('input[type="file"]').set_input_files([str(tmp / "photo.jpg"), str(tmp / "notes.png")])
     page.get_by_text("notes.png cannot be classified").wait_for()
-    page.get_by_text("All ten classes").wait_for()
-    page.get_by_text("what the model sees (32x32)").first.wait_for()
+    uploads = page.get_by_role("tabpanel", name="Your pictures")  # the CIFAR-10 tab has results of its own
+    uploads.get_by_text("All ten classes").wait_for()  # the photo's
+    uploads.get_by_text("what the model sees (32x32)").wait_for()
     shot(page, "classify-upload")
 
 
