@@ -1,11 +1,13 @@
-"""Turn any image Pillow can open into the 32x32 RGB input the model saw, and classify it."""
+"""Turn any image Pillow can open into the 32x32 RGB input the model saw, classify it, and say how sure it is."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,16 @@ from deconv.config import IMAGE_SIZE, NUM_CLASSES
 MAX_PIXELS = 40_000_000  # larger declared sizes are refused before decoding (decompression bombs)
 MAX_BYTES = 10 * 1024 * 1024  # the same limit as the app's upload size
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white
+
+# When an answer is "unsure". The network has only its ten classes to answer with, so a picture of anything
+# else still gets one of them; a low or contested top probability is the hint it gives. The rule reads the
+# top two probabilities only, the numbers the page shows beside the answer (a Prediction may hold only its
+# top k, so a normalised entropy over all ten classes is not always at hand, and a reader could not check it).
+SURE_AT = 0.6  # a top class below this probability is unsure
+SURE_RATIO = 2.0  # ... and so is one with less than this many times the runner-up's probability (torn between two)
+UNSURE_RULE = (f"its top class has less than {SURE_AT:.0%}, or less than {SURE_RATIO:g} times the "
+               "probability of the next one")
+MAX_PICTURES = 20  # uploaded pictures a session keeps (about 70 kB each: a preview and the 32x32 view); oldest go
 
 
 class ImageError(Exception):
@@ -33,6 +45,20 @@ class Prediction:
     def as_json(self) -> list[dict[str, Any]]:
         """[{"label": NAME, "probability": P}, ...]."""
         return [{"label": lab, "probability": round(p, 6)} for lab, p in zip(self.labels, self.probabilities)]
+
+    @property
+    def confident(self) -> bool:
+        """Whether the top answer passes UNSURE_RULE: at least SURE_AT, and SURE_RATIO times the runner-up."""
+        top = self.probabilities[0] if self.probabilities else 0.0
+        second = self.probabilities[1] if len(self.probabilities) > 1 else 0.0
+        return top >= SURE_AT and top >= SURE_RATIO * second
+
+    def confidence_note(self, maybe_other: bool = False) -> str:
+        """Empty for a confident answer, else "unsure: ..."; maybe_other adds that the picture may show none of
+        the classes (true of an upload, not of a CIFAR-10 test image)."""
+        if self.confident:
+            return ""
+        return "unsure: the model is not confident" + ("; it may not be one of its ten classes" if maybe_other else "")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -131,3 +157,70 @@ def preview(img: Image.Image, size: int = 150) -> Image.Image:
     """A copy that fits in size x size, keeping the aspect ratio, never thinner than one pixel."""
     scale = min(1.0, size / img.width, size / img.height)
     return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: arrays do not compare to one bool; a picture is itself
+class Picture:
+    """One uploaded picture as a session keeps it: what is shown and classified, not the file's bytes."""
+
+    number: int  # 0, 1, 2, ... in order of upload, never reused: a stable key for the picture's widgets
+    name: str
+    digest: str  # sha256 of the file's bytes
+    preview: np.ndarray  # uint8 RGB, fits in 150x150
+    view: np.ndarray  # uint8 (32, 32, 3): what the model sees
+
+
+@dataclass
+class Pictures:
+    """The last `limit` pictures a session uploaded, oldest first, and the files of the last upload that failed.
+
+    The same file (same name, same bytes) is kept once: uploading it again moves it to the newest place.
+    The same bytes under another name are another picture, as the visitor named them.
+    """
+
+    limit: int = MAX_PICTURES
+    items: list[Picture] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (file name, why it cannot be classified)
+    added: int = 0  # pictures ever added: the next one's number
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise ValueError(f"a Pictures limit must be at least 1, not {self.limit}")
+
+    def add(self, name: str, content: bytes) -> Picture:
+        """Keep one uploaded file as a Picture, dropping the oldest beyond limit; ImageError if it cannot be read."""
+        digest = hashlib.sha256(content).hexdigest()
+        kept = next((p for p in self.items if p.name == name and p.digest == digest), None)
+        if kept is None:
+            img = open_image(content)
+            kept = Picture(self.added, name, digest, np.asarray(preview(img), dtype=np.uint8),
+                           np.asarray(model_view(img), dtype=np.uint8))
+            self.added += 1
+        self.items = [p for p in self.items if p is not kept] + [kept]
+        del self.items[:-self.limit]
+        return kept
+
+    def upload(self, files: Iterable[tuple[str, bytes]]) -> None:
+        """Add every (name, bytes) of one upload; those that cannot be read become this upload's problems."""
+        self.problems = []
+        for name, content in files:
+            try:
+                self.add(name, content)
+            except ImageError as e:
+                self.problems.append((name, str(e)))
+
+    def clear(self) -> None:
+        """Forget every picture and problem."""
+        self.items, self.problems = [], []
+
+    def views(self) -> np.ndarray:
+        """uint8 (N, 32, 32, 3): the model's view of every picture, oldest first."""
+        if not self.items:
+            return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+        return np.stack([p.view for p in self.items])
+
+    def __iter__(self) -> Iterator[Picture]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)

@@ -21,6 +21,8 @@ common.require_app()
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "gif", "bmp", "webp"]
 SAMPLES = 8
 TOP = 5
+PICTURES = "classify.pictures"  # this session's uploaded pictures (inference.Pictures): they outlive page switches
+UPLOADER = "classify.uploader"  # the uploader's generation: a new key empties it once its files are kept
 
 
 @st.cache_data(show_spinner=False)
@@ -82,14 +84,16 @@ def look_inside(key: str, run: runs.RunInfo, view: np.ndarray, prediction: infer
             column.plotly_chart(charts.feature_grid(block.tiles, block.channels, title), key=f"maps-{key}-{block.name}")
 
 
-def show(key: str, name: str, original: Image.Image, view: np.ndarray, prediction: inference.Prediction,
+def show(key: str, name: str, preview: Image.Image | np.ndarray, view: np.ndarray, prediction: inference.Prediction,
          true: str | None, run: runs.RunInfo, labels: list[str]) -> None:
-    """One image: as uploaded, as the model sees it, the top-5 chart, and on request a look inside."""
+    """One image: its preview, as the model sees it, the top-5 chart, and on request a look inside."""
     a, b, c = st.columns([1, 1, 3], vertical_alignment="center")
-    a.image(inference.preview(original), caption=name)
+    a.image(preview, caption=name)
     b.image(inference.enlarge(view), caption="what the model sees (32x32)", width=128)
     verdict = "" if true is None else (" ✓" if prediction.labels[0] == true else f" ✗ (true: {true})")
-    c.markdown(f"**{prediction.labels[0]}** {prediction.probabilities[0]:.0%}{verdict}")
+    unsure = prediction.confidence_note(maybe_other=true is None)
+    c.markdown(f"**{prediction.labels[0]}** {prediction.probabilities[0]:.0%}{verdict}"
+               + (f" — :orange[{unsure}]" if unsure else ""))
     c.plotly_chart(charts.top_k(prediction.labels[:TOP], prediction.probabilities[:TOP], true), key=f"top-{key}")
     with c.expander("All ten classes"):
         st.dataframe({"class": prediction.labels, "probability": prediction.probabilities}, hide_index=True,
@@ -101,8 +105,9 @@ def show(key: str, name: str, original: Image.Image, view: np.ndarray, predictio
 
 
 st.title("Classify")
-st.markdown("Upload pictures, or draw random CIFAR-10 test images, and see what the network makes of them. "
-            "**Look inside** a result to see what every block outputs and where the evidence for a class lies.")
+st.markdown("Upload pictures, or draw random CIFAR-10 test images, and see which of its ten classes the network "
+            "gives them. **Look inside** a result to see what every block outputs and where the evidence for a class "
+            "lies.")
 
 saved, broken = runs.list_runs(common.runs_dir())
 if not saved:
@@ -123,20 +128,30 @@ except runs.RunError as e:
 labels = inference.label_names_of(run.meta)
 
 upload_tab, cifar_tab = st.tabs(["Your pictures", "CIFAR-10 test images"])
+pictures: inference.Pictures = st.session_state.setdefault(PICTURES, inference.Pictures())
 with upload_tab:
+    generation = st.session_state.setdefault(UPLOADER, 0)
     files = st.file_uploader("Images (png, jpg, gif, bmp, webp; up to 10 MB each)", type=UPLOAD_TYPES,
-                             accept_multiple_files=True)
-    good: list[tuple[str, object, np.ndarray]] = []
-    for f in files or []:
-        try:
-            img = inference.open_image(f.getvalue())
-            good.append((f.name, img, np.asarray(inference.model_view(img))))
-        except inference.ImageError as e:
-            st.error(f"**{f.name}** cannot be classified: {e}.")
-    if good:
-        predictions = inference.classify(model, np.stack([g[2] for g in good]), labels, k=len(labels))
-        for i, ((name, img, view), pred) in enumerate(zip(good, predictions)):
-            show(f"upload-{i}-{name}", name, img, view, pred, None, run, labels)
+                             accept_multiple_files=True, key=f"upload-{generation}")
+    if files:
+        pictures.upload((f.name, f.getvalue()) for f in files)  # keeps a preview and the 32x32 view, not the file
+        st.session_state[UPLOADER] = generation + 1
+        st.rerun()  # with an empty uploader: each picture is shown once, from the kept ones
+    for name, problem in pictures.problems:
+        st.error(f"**{name}** cannot be classified: {problem}.")
+    if pictures:
+        st.info(f"The network knows ten classes only: {', '.join(labels)}. It answers every picture with one of "
+                "them, so a picture of anything else (a coffee cup, a rocket) still gets one of these labels. An "
+                f"answer is marked **unsure** when {inference.UNSURE_RULE}; a confident answer is no proof that "
+                "the picture shows one of the ten either.", icon=":material/info:")
+        note, clear = st.columns([4, 1], vertical_alignment="center")
+        note.caption(f"Your last {pictures.limit} pictures stay here while this tab is open, also when you visit "
+                     "other pages; older ones are dropped.")
+        clear.button("Clear pictures", icon=":material/delete:", on_click=pictures.clear)
+        predictions = inference.classify(model, pictures.views(), labels, k=len(labels))
+        for picture, pred in zip(pictures, predictions):
+            show(f"upload-{picture.number}-{picture.name}", picture.name, picture.preview, picture.view, pred, None,
+                 run, labels)
 
 with cifar_tab:
     try:

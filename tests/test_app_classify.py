@@ -1,4 +1,4 @@
-"""The Classify page's look inside a saved run, through AppTest: every block's feature maps and Grad-CAM."""
+"""The Classify page through AppTest: kept uploads, the ten-classes note, and a look inside a saved run."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from deconv import runs
 from deconv.config import ModelConfig, TrainConfig
 from deconv.model import build_model
 from tests import images
-from tests.conftest import synthetic_images
+from tests.conftest import LABELS, synthetic_images
 from tests.test_app import app_env, page  # noqa: F401  (app_env is a fixture)
 
 CONFIG = ModelConfig(widths=(8, 16), deconv_stride=2)  # each deconv doubles its map: 16 -> 32 -> 16 -> 32
@@ -31,6 +32,13 @@ def saved_run(app_env: Path) -> Path:  # noqa: F811
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(x, y, epochs=2, batch_size=20, verbose=0)
     return runs.save_run(app_env / "look-inside", model, CONFIG, TrainConfig(), [], {})
+
+
+@pytest.fixture(scope="module")
+def untrained_run(app_env: Path) -> Path:  # noqa: F811
+    """A run that never trained: its answers are near uniform over the ten classes."""
+    keras.utils.set_random_seed(0)
+    return runs.save_run(app_env / "untrained", build_model(CONFIG), CONFIG, TrainConfig(), [], {})
 
 
 def charts(at: AppTest, prefix: str) -> dict[str, dict[str, Any]]:
@@ -75,3 +83,59 @@ def test_evidence_for_another_class_of_a_cifar_image(saved_run: Path) -> None:
     assert not at.exception and at.selectbox(key=f"class-{key}").value != first
     assert charts(at, f"saliency-{key}")[f"saliency-{key}"]["data"][1]["z"] != before  # the least likely class
     assert len(charts(at, f"maps-{key}-")) == len(expected_blocks())
+
+
+PHOTO = ("photo.png", images.good()["photo.png"], "image/png")
+
+
+def upload_charts(at: AppTest) -> list[str]:
+    """The keys of the uploaded pictures' top-5 charts, in the order shown."""
+    return [c.key for c in at.get("plotly_chart") if c.key.startswith("top-upload-")]
+
+
+def colour_png(i: int) -> tuple[str, bytes, str]:
+    """An upload of its own colour, so that no two are the same file."""
+    content = images.encode(Image.new("RGB", (40, 30), (i * 10, 255 - i * 10, 128)), "PNG")
+    return f"colour{i:02d}.png", content, "image/png"
+
+
+def test_uploads_are_told_the_ten_classes_and_an_untrained_models_answer_is_unsure(untrained_run: Path) -> None:
+    at = page("pages/classify.py")
+    next(s for s in at.selectbox if s.label == "Model").set_value(untrained_run.name).run()
+    assert not at.info  # nothing to explain before a picture is shown
+    at.file_uploader[0].set_value([PHOTO]).run()
+    assert not at.exception and upload_charts(at) == ["top-upload-0-photo.png"]
+    note = " ".join(i.value for i in at.info)
+    assert "ten classes only" in note and all(label in note for label in LABELS) and "unsure" in note
+    lines = [m.value for m in at.markdown if "it may not be one of its ten classes" in m.value]
+    assert len(lines) == 1 and "unsure: the model is not confident" in lines[0]  # the upload's, not the test images'
+
+
+def test_uploaded_pictures_survive_a_visit_to_another_page(saved_run: Path) -> None:
+    at = page("pages/classify.py")
+    at.file_uploader[0].set_value([PHOTO]).run()
+    assert upload_charts(at) == ["top-upload-0-photo.png"]
+    assert not at.file_uploader[0].value  # taken: the picture is shown once, from the kept ones
+    at.switch_page("pages/home.py").run()
+    assert not upload_charts(at)
+    at.switch_page("pages/classify.py").run()
+    assert not at.exception and upload_charts(at) == ["top-upload-0-photo.png"]
+    assert at.dataframe[0].value["probability"].sum() > 0.999
+
+
+def test_the_same_file_uploaded_twice_is_shown_once(saved_run: Path) -> None:
+    at = page("pages/classify.py")
+    at.file_uploader[0].set_value([PHOTO]).run()
+    at.file_uploader[0].set_value([PHOTO]).run()
+    assert not at.exception and upload_charts(at) == ["top-upload-0-photo.png"]
+
+
+def test_at_most_twenty_pictures_are_kept_and_clear_forgets_them(saved_run: Path) -> None:
+    at = page("pages/classify.py")
+    at.file_uploader[0].set_value([colour_png(i) for i in range(12)]).run()
+    at.file_uploader[0].set_value([colour_png(i) for i in range(12, 22)]).run()
+    assert not at.exception
+    assert upload_charts(at) == [f"top-upload-{i}-colour{i:02d}.png" for i in range(2, 22)]  # the oldest two dropped
+    assert any("last 20 pictures" in c.value for c in at.caption)
+    next(b for b in at.button if b.label == "Clear pictures").click().run()
+    assert not upload_charts(at) and not at.info and not at.exception

@@ -99,3 +99,80 @@ def test_random_valid_images_classify_or_raise_image_error(w: int, h: int, mode:
         assert inference.prepare(blob).shape == (32, 32, 3)
     except inference.ImageError:
         pass
+
+
+def prediction(*top: float) -> inference.Prediction:
+    """A Prediction whose probabilities start with top and share the rest evenly over ten classes."""
+    rest = [(1 - sum(top)) / (10 - len(top))] * (10 - len(top))
+    return inference.top_k(np.array([*top, *rest]), list("abcdefghij"), 10)
+
+
+def test_a_flat_distribution_is_unsure_and_says_it_may_be_none_of_the_classes() -> None:
+    flat = inference.top_k(np.full(10, 0.1), list("abcdefghij"), 10)
+    assert not flat.confident
+    assert flat.confidence_note() == "unsure: the model is not confident"
+    assert flat.confidence_note(maybe_other=True).endswith("it may not be one of its ten classes")
+
+
+def test_a_peaked_distribution_is_confident_and_has_no_note() -> None:
+    peaked = prediction(0.9)
+    assert peaked.confident and peaked.confidence_note(maybe_other=True) == ""
+
+
+def test_the_confidence_boundary_is_sixty_percent_and_twice_the_runner_up() -> None:
+    assert inference.SURE_AT == 0.6 and inference.SURE_RATIO == 2.0  # the numbers UNSURE_RULE shows in the app
+    assert prediction(0.6, 0.3).confident  # exactly on both bounds
+    assert not prediction(0.59, 0.05).confident  # below 60%, however far ahead
+    assert not prediction(0.62, 0.32).confident  # torn between two: less than twice the runner-up
+    assert prediction(0.62, 0.30).confident
+    assert "60%" in inference.UNSURE_RULE and "2 times" in inference.UNSURE_RULE
+
+
+def test_a_truncated_prediction_is_judged_by_what_it_holds() -> None:
+    assert inference.Prediction(["a"], [0.7]).confident and not inference.Prediction([], []).confident
+
+
+def png(colour: tuple[int, int, int]) -> bytes:
+    return images.encode(Image.new("RGB", (40, 30), colour), "PNG")
+
+
+def test_pictures_keep_a_preview_and_the_view_not_the_file() -> None:
+    pictures = inference.Pictures()
+    picture = pictures.add("photo.png", images.good()["photo.png"])
+    assert list(pictures) == [picture] and picture.number == 0 and picture.name == "photo.png"
+    assert picture.view.shape == (32, 32, 3) and picture.view.dtype == np.uint8
+    assert picture.preview.dtype == np.uint8 and max(picture.preview.shape[:2]) <= 150
+    assert not any(isinstance(v, bytes) for v in vars(picture).values())
+    assert pictures.views().shape == (1, 32, 32, 3)
+
+
+def test_the_same_file_is_kept_once_and_moves_to_the_newest_place() -> None:
+    pictures = inference.Pictures()
+    first = pictures.add("red.png", png((255, 0, 0)))
+    pictures.add("blue.png", png((0, 0, 255)))
+    assert pictures.add("red.png", png((255, 0, 0))) is first
+    assert [p.name for p in pictures] == ["blue.png", "red.png"] and pictures.added == 2
+    pictures.add("copy of red.png", png((255, 0, 0)))  # the same bytes under another name: the visitor's choice
+    assert len(pictures) == 3
+
+
+def test_pictures_keep_only_the_newest_up_to_the_limit() -> None:
+    pictures = inference.Pictures(limit=3)
+    for i in range(5):
+        pictures.add(f"{i}.png", png((i * 40, 0, 0)))
+    assert [p.name for p in pictures] == ["2.png", "3.png", "4.png"]
+    assert [p.number for p in pictures] == [2, 3, 4]  # numbers are never reused: stable widget keys
+    assert inference.Pictures().limit == inference.MAX_PICTURES == 20
+    with pytest.raises(ValueError):
+        inference.Pictures(limit=0)
+
+
+def test_an_upload_keeps_the_good_files_and_says_why_the_others_failed() -> None:
+    pictures = inference.Pictures()
+    pictures.upload([("photo.png", images.good()["photo.png"]), ("notes.png", b"just some text")])
+    assert [p.name for p in pictures] == ["photo.png"]
+    assert [name for name, _ in pictures.problems] == ["notes.png"] and "not an image" in pictures.problems[0][1]
+    pictures.upload([("red.png", png((255, 0, 0)))])
+    assert pictures.problems == [] and len(pictures) == 2  # problems are the last upload's
+    pictures.clear()
+    assert len(pictures) == 0 and pictures.views().shape == (0, 32, 32, 3)
