@@ -7,16 +7,23 @@ from typing import Any, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import qualitative
+from plotly.colors import qualitative, sample_colorscale, unlabel_rgb
 from plotly.subplots import make_subplots
 
 TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#ff7f0e"
 
 
 def _layout(fig: go.Figure, height: int) -> go.Figure:
-    """Compact margins and a legend on top."""
+    """Compact margins that grow to fit tick labels and axis titles, and a legend on top.
+
+    automargin is set on every axis because Streamlit makes its own plotly template the default,
+    and that template (unlike plotly's) leaves it off: tick labels were clipped and axis titles
+    drawn over them.
+    """
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=60, b=10),
                       legend=dict(orientation="h", yanchor="bottom", y=1.12, x=0))
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True, ticklabelstandoff=4)  # numbers clear of the axis line
     return fig
 
 
@@ -48,22 +55,63 @@ def learning_curves(history: Sequence[dict[str, Any]], batches: Sequence[dict[st
     return _layout(fig, 320)
 
 
+INK, ON_DARK = "#262730", "white"  # Streamlit's text colour; white where a cell is too dark for it
+
+
+def _ink(colour: str) -> str:
+    """Text colour that reads on a cell of `colour` ("rgb(r, g, b)"): white when the cell is dark."""
+    r, g, b = (c / 255 for c in unlabel_rgb(colour))
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b  # sRGB weights, gamma ignored: enough to pick a side
+    return ON_DARK if luminance < 0.5 else INK
+
+
+def count_font_size(largest: int) -> int:
+    """Font size of the counts in the cells: smaller as the largest count gets more digits.
+
+    Sized for the Train page's left column (about 780 px, cells about 45 px): 4 digits at 11 px are 28 px wide.
+    """
+    return {1: 14, 2: 14, 3: 13, 4: 11}.get(len(str(int(largest))), 9)
+
+
 def confusion(matrix: np.ndarray, labels: Sequence[str]) -> go.Figure:
-    """Heatmap of counts: rows are true classes, columns predictions."""
-    fig = go.Figure(go.Heatmap(z=matrix, x=list(labels), y=list(labels), colorscale="Blues", text=matrix,
-                               texttemplate="%{text}", hovertemplate="true %{y}<br>predicted %{x}<br>%{z}<extra></extra>"))
-    fig.update_yaxes(autorange="reversed", title_text="true class", tickmode="linear")
-    fig.update_xaxes(title_text="predicted class", tickmode="linear", tickangle=-45)
-    fig.update_traces(textfont_size=13)
-    return _layout(fig, 560)
+    """Heatmap of counts, rows the true classes and columns the predictions; hover adds each row's share."""
+    counts = np.asarray(matrix).astype(int)
+    labels = list(labels)
+    totals = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    top = max(int(counts.max(initial=0)), 1)
+    fig = go.Figure(go.Heatmap(
+        z=counts, x=labels, y=labels, customdata=share, colorscale="Blues", zmin=0, zmax=top, showscale=False,
+        xgap=1, ygap=1, hovertemplate="true %{y}, predicted %{x}<br>%{z} images, %{customdata:.1%} of the true %{y}"
+                                      "<extra></extra>"))
+    # The counts as annotations, not the heatmap's own text: a heatmap has one text colour for all cells.
+    colours = sample_colorscale("Blues", (counts / top).ravel().tolist())
+    size = count_font_size(top)
+    fig.update_layout(annotations=[
+        dict(x=labels[j], y=labels[i], text=str(counts[i, j]), showarrow=False,
+             font=dict(size=size, color=_ink(colours[i * len(labels) + j])))
+        for i in range(len(labels)) for j in range(len(labels))])
+    # Square cells: the y axis keeps the x axis' scale, and each shrinks its domain rather than leave gaps.
+    fig.update_yaxes(autorange="reversed", title_text="true class", tickmode="linear", scaleanchor="x",
+                     constrain="domain", constraintoward="top", automargin=True, ticks="", tickfont_size=12,
+                     ticklabelstandoff=4)
+    fig.update_xaxes(title_text="predicted class", tickmode="linear", tickangle=-45, constrain="domain",
+                     automargin=True, ticks="", tickfont_size=12, ticklabelstandoff=4)
+    fig.update_layout(height=620, margin=dict(l=10, r=10, t=20, b=10), plot_bgcolor="white")
+    return fig
 
 
 def per_class(accuracy: np.ndarray, labels: Sequence[str]) -> go.Figure:
-    """Bar chart of accuracy per class."""
-    fig = go.Figure(go.Bar(x=list(labels), y=accuracy, text=[f"{a:.0%}" for a in accuracy], textposition="outside"))
-    fig.update_yaxes(range=[0, 1.1], tickformat=".0%", title_text="accuracy")
-    fig.update_xaxes(tickmode="linear", tickangle=-45)
-    return _layout(fig, 360)
+    """Bar chart of accuracy per class, each bar's percentage written inside its top (above it if it is short)."""
+    fig = go.Figure(go.Bar(
+        x=list(labels), y=accuracy, marker_color=TRAIN_COLOUR, text=[f"{a:.0%}" for a in accuracy],
+        textposition="auto", textangle=0, insidetextanchor="end", insidetextfont=dict(color=ON_DARK),
+        outsidetextfont=dict(color=INK), cliponaxis=False, hovertemplate="%{x}: %{y:.1%}<extra></extra>"))
+    fig.update_yaxes(range=[0, 1.08], tickformat=".0%", dtick=0.25, title_text="accuracy", automargin=True,
+                     ticklabelstandoff=4)
+    fig.update_xaxes(tickmode="linear", tickangle=-45, automargin=True, tickfont_size=12)
+    fig.update_layout(uniformtext=dict(minsize=11, mode="show"), height=400, margin=dict(l=10, r=10, t=20, b=10))
+    return fig
 
 
 def top_k(labels: Sequence[str], probabilities: Sequence[float], true_label: str | None = None) -> go.Figure:
@@ -80,14 +128,19 @@ def overlay(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], key: str, titl
             weight: float = 0.0) -> go.Figure:
     """One metric of several runs against epochs, smoothed like TensorBoard, each run its own colour."""
     fig = go.Figure()
+    last = 1
     for (name, history), colour in zip(runs, itertools.cycle(qualitative.D3)):
         points = [(h["epoch"], h[key]) for h in history if key in h]
+        last = max([last] + [p[0] for p in points])
         fig.add_trace(go.Scatter(x=[p[0] for p in points], y=smooth([p[1] for p in points], weight), name=name,
                                  mode="lines+markers", line=dict(color=colour)))
-    fig.update_xaxes(title_text="epoch", rangemode="tozero")
-    fig.update_yaxes(title_text=title, range=[0, 1] if "accuracy" in key else None, rangemode="tozero")
-    fig = _layout(fig, 360)
-    fig.update_layout(margin=dict(l=70))  # room for the axis title beside its numbers
+    accuracy = "accuracy" in key
+    fig.update_xaxes(title_text="epoch", tick0=0, dtick=max(1, -(-last // 10)),  # whole epochs
+                     automargin=True, title_standoff=8)
+    fig.update_yaxes(title_text=title, range=[0, 1] if accuracy else None, tickformat=".0%" if accuracy else None,
+                     rangemode="tozero", automargin=True, title_standoff=8)
+    fig = _layout(fig, 380)
+    fig.update_layout(margin=dict(t=30), legend=dict(y=1.02, title_text=""))  # the legend just above the plot
     return fig
 
 

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from deconv import glossary
 from deconv.config import IMAGE_SIZE, PRESETS
 from deconv.cost import describe
 from pages import common
@@ -69,6 +70,12 @@ with right:
     steps = [f"{s}{'↑' if s > p else '↓' if s < p else ''}" for p, s in zip([IMAGE_SIZE, *sizes], sizes)]
     st.caption(f"Feature map size through the network: {IMAGE_SIZE} → " + " → ".join(steps) + f" → head ({config.head}{f', {config.pool_size}x{config.pool_size}' if config.head == 'adaptive' else ''})")
     st.dataframe(cost.as_rows(), hide_index=True, width="stretch", height=min(38 + 35 * len(cost.layers), 560))
+    with st.expander("What is this layer?", icon=":material/school:"):
+        explained = {e.kind: e for e in glossary.explain(config)}
+        kind = st.selectbox("Layer type (the table's **type** column)", list(explained),
+                            key="architecture.layer_type")
+        st.markdown(explained[kind].text)
+        st.markdown("In this network:\n" + "\n".join(f"- `{r.layer}`: {r.note}" for r in explained[kind].rows))
 
     st.subheader("Deconv shape calculator")
     shapes = config.deconv_shapes()

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import streamlit as st
 
-from deconv import runs
+from deconv import glossary, runs
 from deconv.config import ModelConfig, TrainConfig, field_spec
 from deconv.cost import describe
 
@@ -208,10 +208,16 @@ def _widget_names(config: Any) -> list[str]:
 
 
 def sync_widgets(state_key: str) -> None:
-    """Set every widget of a config to the config's values (call from callbacks, before widgets exist)."""
+    """Set every widget of a config to the config's values (call from callbacks, before widgets exist).
+
+    Only widgets that show another value are set: setting a widget's state makes the browser take that value,
+    and for the slider being moved it would undo key presses made while this run was on its way.
+    """
     config = st.session_state[state_key]
     for name in _widget_names(config):
-        st.session_state[_widget_key(state_key, name)] = _widget_value(config, name)
+        key, value = _widget_key(state_key, name), _widget_value(config, name)
+        if key not in st.session_state or st.session_state[key] != value:
+            st.session_state[key] = value
 
 
 def _apply(state_key: str, name: str) -> None:
@@ -252,7 +258,8 @@ def config_widget(state_key: str, name: str, label: str | None = None, high: flo
     if key not in st.session_state:  # first show on this page visit: start from the config
         st.session_state[key] = _widget_value(st.session_state[state_key], name)
     label = label or name.replace("_", " ").capitalize()
-    common = dict(key=key, on_change=_apply, args=(state_key, name), help=s.help, disabled=disabled)
+    common = dict(key=key, on_change=_apply, args=(state_key, name), disabled=disabled,
+                  help=glossary.BLOCKS_HELP if name == "blocks" else s.help)
     value = getattr(st.session_state[state_key], spec_name)
     if isinstance(value, bool):
         container.toggle(label, **common)

@@ -21,18 +21,27 @@ def run_row(r: runs.RunInfo) -> dict[str, object]:
     return {"run": r.name, "status": r.meta.get("status", "?"), "blocks": "-".join(map(str, r.model_config.widths)),
             "head": r.model_config.head, "parameters": r.meta.get("params"),
             "epochs": r.meta.get("epochs_completed", len(r.history)), "train images": r.train_config.train_size,
-            "val accuracy": r.val_accuracy, "best epoch": r.best_val_accuracy,
-            "training time": r.meta.get("train_seconds", 0), "size": r.model_bytes / 2**20,
+            "saved model val acc": r.val_accuracy, "best epoch": r.best_epoch,
+            "best epoch val acc": r.best_val_accuracy,
+            "training time": r.meta.get("train_seconds", 0), "model size": r.model_bytes / 2**20,
             "saved": r.meta.get("saved_at", "")[:16].replace("T", " ")}
 
 
 COLUMNS = {
     "parameters": st.column_config.NumberColumn(format="localized"),
     "train images": st.column_config.NumberColumn(format="localized"),
-    "val accuracy": st.column_config.NumberColumn(format="percent", help="of the saved model"),
-    "best epoch": st.column_config.NumberColumn(format="percent", help="the best validation accuracy of any epoch"),
+    "saved model val acc": st.column_config.NumberColumn(
+        format="percent", help="validation accuracy of the weights in model.keras: those of the last complete epoch, "
+                               "or, when training was stopped mid-epoch, measured on all validation images at the "
+                               "stop, so it can be above every epoch's figure"),
+    "best epoch": st.column_config.NumberColumn(
+        format="%d", help="the epoch that ended with the highest validation accuracy; the saved model is the last "
+                          "epoch's weights, not this epoch's"),
+    "best epoch val acc": st.column_config.NumberColumn(
+        format="percent", help="validation accuracy at the end of the best epoch; above the saved model's when later "
+                               "epochs got worse, below it when training went on after its last complete epoch"),
     "training time": st.column_config.NumberColumn(format="%.0f s"),
-    "size": st.column_config.NumberColumn(format="%.1f MB"),
+    "model size": st.column_config.NumberColumn(format="%.1f MiB", width=100, help="model.keras on disk"),
 }
 
 

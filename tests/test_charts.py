@@ -1,0 +1,157 @@
+"""The charts stay readable: counts fit their cells, labels show in full, nothing is clipped or drawn over."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import streamlit  # noqa: F401  Streamlit makes its own plotly template the default, as it does in the app
+
+from deconv import charts
+from tests.conftest import LABELS
+
+
+def matrix(per_class: int, right: float = 0.65, seed: int = 0) -> np.ndarray:
+    """A 10x10 confusion matrix of `per_class` images per class, about `right` of them on the diagonal."""
+    rng = np.random.default_rng(seed)
+    m = rng.multinomial(int(per_class * (1 - right)), [1 / 9] * 9, size=10)
+    return np.stack([np.insert(row, i, per_class - row.sum()) for i, row in enumerate(m)])
+
+
+def cell_text(fig) -> dict[tuple[str, str], tuple[str, float, str]]:
+    """(true, predicted) -> (text, font size, colour) of each count written in the confusion matrix."""
+    return {(a.y, a.x): (a.text, a.font.size, a.font.color) for a in fig.layout.annotations}
+
+
+def test_the_streamlit_template_is_the_default_here_as_in_the_app() -> None:
+    import plotly.io as pio
+
+    assert pio.templates.default == "streamlit"  # its axes have no automargin: the charts must set it themselves
+
+
+def test_every_count_is_written_in_its_cell() -> None:
+    m = matrix(200)
+    text = cell_text(charts.confusion(m, LABELS))
+    assert len(text) == 100
+    assert all(text[(t, p)][0] == str(m[i, j]) for i, t in enumerate(LABELS) for j, p in enumerate(LABELS))
+
+
+def test_counts_of_four_digits_get_a_smaller_font_than_three() -> None:
+    three, four = matrix(200), matrix(1200, right=0.9)
+    assert three.max() < 1000 <= four.max()
+    size3 = {s for _, s, _ in cell_text(charts.confusion(three, LABELS)).values()}
+    size4 = {s for _, s, _ in cell_text(charts.confusion(four, LABELS)).values()}
+    assert len(size3) == len(size4) == 1 and size4.pop() < size3.pop()
+    assert charts.count_font_size(99_999) < charts.count_font_size(9_999) < charts.count_font_size(999)
+
+
+def test_dark_cells_get_white_text_and_light_cells_dark_text() -> None:
+    m = matrix(200)
+    text = cell_text(charts.confusion(m, LABELS))
+    for i, label in enumerate(LABELS):
+        assert text[(label, label)][2] == charts.ON_DARK  # the diagonal: the largest counts, the darkest blue
+        j = int(np.argmin(m[i]))
+        assert text[(label, LABELS[j])][2] == charts.INK  # the smallest count of the row: a pale cell
+
+
+def test_confusion_shows_every_class_name_angled_with_room_for_it() -> None:
+    fig = charts.confusion(matrix(200), LABELS)
+    x, y = fig.layout.xaxis, fig.layout.yaxis
+    assert list(fig.data[0].x) == list(fig.data[0].y) == LABELS
+    assert x.tickmode == y.tickmode == "linear"  # one tick per class, none skipped
+    assert x.tickangle not in (None, 0) and x.automargin is True and y.automargin is True
+    assert x.title.text and y.title.text
+    assert y.scaleanchor == "x"  # square cells
+    assert y.autorange == "reversed"  # the first class on top, as in a table
+
+
+def test_confusion_hover_gives_the_share_of_the_true_class() -> None:
+    m = matrix(200)
+    m[3] = 0  # a class with no images must not divide by zero
+    fig = charts.confusion(m, LABELS)
+    share = np.asarray(fig.data[0].customdata)
+    assert np.allclose(share[[0, 1, 2, 4]].sum(axis=1), 1) and not share[3].any()
+    assert "customdata" in fig.data[0].hovertemplate
+
+
+def test_per_class_writes_readable_percentages_with_room_above_the_bars() -> None:
+    accuracy = np.linspace(0.04, 1.0, 10)
+    fig = charts.per_class(accuracy, LABELS)
+    bar = fig.data[0]
+    assert list(bar.x) == LABELS and bar.text[-1] == "100%" and bar.text[0] == "4%"
+    assert bar.textposition == "auto" and bar.textangle == 0  # inside the bar, above it when it is too short
+    assert fig.layout.yaxis.range[1] > 1 and fig.layout.uniformtext.minsize >= 10
+    assert fig.layout.xaxis.automargin is True and fig.layout.xaxis.tickangle not in (None, 0)
+    assert fig.layout.yaxis.automargin is True
+
+
+def history(start: float, epochs: int = 5) -> list[dict[str, float]]:
+    return [{"epoch": e, "val_accuracy": start + 0.08 * e, "val_loss": 2 - 0.2 * e} for e in range(1, epochs + 1)]
+
+
+@pytest.mark.parametrize("key", ["val_accuracy", "val_loss"])
+def test_overlay_has_axis_titles_that_push_the_margins_instead_of_covering_labels(key: str) -> None:
+    runs = [("deconv-32-64-128-20250101-120000", history(0.3)), ("deconv-8-20250103-090000", history(0.2))]
+    fig = charts.overlay(runs, key, "the metric")
+    x, y = fig.layout.xaxis, fig.layout.yaxis
+    assert x.title.text == "epoch" and y.title.text == "the metric"
+    assert x.automargin is True and y.automargin is True
+    assert fig.layout.legend.yanchor == "bottom" and fig.layout.legend.y >= 1  # above the plot, not over it
+    assert [t.name for t in fig.data] == [name for name, _ in runs]
+
+
+def test_overlay_ticks_whole_epochs() -> None:
+    assert charts.overlay([("a", history(0.3, 5))], "val_accuracy", "acc").layout.xaxis.dtick == 1
+    assert charts.overlay([("a", history(0.3, 60))], "val_accuracy", "acc").layout.xaxis.dtick == 6
+
+
+def test_learning_curves_push_the_margins_too() -> None:
+    fig = charts.learning_curves(history(0.3))
+    assert fig.layout.xaxis.automargin is True and fig.layout.xaxis2.automargin is True
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """Synthetic data and an empty runs folder for the app, its caches cleared before and after."""
+    import streamlit as st
+
+    from pages import common
+    from tests.conftest import write_cifar
+
+    monkeypatch.setenv("DECONV_DATA_DIR", str(write_cifar(tmp_path / "data")))
+    monkeypatch.setenv("DECONV_RUNS_DIR", str(tmp_path / "runs"))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield tmp_path / "runs"
+    common.job_manager().shutdown()
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def test_runs_table_names_the_best_epoch_and_keeps_each_accuracy_in_its_own_column(app_env) -> None:
+    import json
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from deconv.config import ModelConfig, TrainConfig
+
+    run = app_env / "stopped-run"
+    run.mkdir(parents=True)
+    (run / "model.keras").write_bytes(b"\0" * (965 * 2**20 // 10))  # 96.5 MiB: read_run does not open it
+    (run / "config.json").write_text(json.dumps({"model": ModelConfig().to_dict(), "train": TrainConfig().to_dict()}))
+    # Stopped in epoch 4: the saved weights were measured after the stop and beat every complete epoch.
+    history = [{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.656},
+               {"epoch": 3, "val_accuracy": 0.61}, {"epoch": 4, "partial": True}]
+    (run / "history.json").write_text(json.dumps(history))
+    (run / "meta.json").write_text(json.dumps({"status": "stopped", "val_accuracy": 0.663, "epochs_completed": 3}))
+    app = str(Path(__file__).resolve().parent.parent / "app.py")
+    at = AppTest.from_file(app, default_timeout=120).run().switch_page("pages/runs.py").run()
+    assert not at.exception
+    row = at.dataframe[0].value.iloc[0]
+    assert row["best epoch"] == 2 and row["best epoch val acc"] == pytest.approx(0.656)
+    assert row["saved model val acc"] == pytest.approx(0.663)
+    assert row["model size"] == pytest.approx(96.5)
+    columns = json.loads(at.dataframe[0].proto.columns)
+    assert columns["model size"]["width"] >= 90 and "MiB" in columns["model size"]["type_config"]["format"]
+    assert columns["best epoch"]["type_config"]["format"] == "%d"  # an epoch number, not a percentage
+    assert "stopped" in columns["saved model val acc"]["help"]  # says why it can beat every epoch
