@@ -1,7 +1,12 @@
-"""What a trained model gets right and wrong on its validation images."""
+"""What a trained model gets right and wrong on its validation images.
+
+The trainer computes this report in its own process, right after training, and saves it with the run
+as `report.json`: the app's server reads the counts and never loads the model to draw them.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,17 +14,38 @@ from typing import Any
 import numpy as np
 
 from deconv.config import NUM_CLASSES
-from deconv.runs import RunInfo
+
+REPORT_FILE = "report.json"
+MAX_REPORT_BYTES = 1 << 20  # a report is a few kB; a larger file is not read
+MISTAKES_KEPT = 32  # the most confidently wrong images a report keeps
 
 
-@dataclass
+class ReportError(Exception):
+    """A report file that is missing, too large or malformed; the message says which."""
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """One validation image the model got wrong: its index in the validation subset, the classes, the confidence."""
+
+    index: int
+    true: int
+    predicted: int
+    confidence: float
+
+
+@dataclass(frozen=True)
 class ValidationReport:
     """Confusion matrix, per-class accuracy and the most confidently wrong images of one model."""
 
     labels: list[str]
     matrix: np.ndarray  # (10, 10) counts, row = true class
-    probabilities: np.ndarray  # (N, 10)
-    y_true: np.ndarray
+    mistakes: tuple[Mistake, ...]  # most confident first
+
+    @property
+    def images(self) -> int:
+        """How many validation images the report counts."""
+        return int(self.matrix.sum())
 
     @property
     def accuracy(self) -> float:
@@ -31,13 +57,28 @@ class ValidationReport:
         """Accuracy of each true class."""
         return class_accuracy(self.matrix)
 
-    def confidently_wrong(self, k: int = 8) -> list[tuple[int, int, float]]:
-        """(index, predicted class, confidence) of the k wrong predictions made with the highest probability."""
-        pred = self.probabilities.argmax(1)
-        wrong = np.flatnonzero(pred != self.y_true)
-        conf = self.probabilities[wrong, pred[wrong]]
-        order = wrong[np.argsort(conf)[::-1][:k]]
-        return [(int(i), int(pred[i]), float(self.probabilities[i, pred[i]])) for i in order]
+    def confidently_wrong(self, k: int = 8) -> list[Mistake]:
+        """The k wrong predictions made with the highest probability."""
+        return list(self.mistakes[:k])
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain JSON-ready dict."""
+        return {"labels": list(self.labels), "matrix": self.matrix.astype(int).tolist(),
+                "mistakes": [[m.index, m.true, m.predicted, round(m.confidence, 6)] for m in self.mistakes]}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "ValidationReport":
+        """Read back what to_json wrote; ReportError if it has another shape."""
+        try:
+            labels = [str(v) for v in data["labels"]]
+            matrix = np.asarray(data["matrix"], dtype=np.int64)
+            mistakes = tuple(Mistake(int(i), int(t), int(p), float(c)) for i, t, p, c in data["mistakes"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ReportError(f"the report has the wrong shape ({type(e).__name__}: {e})") from None
+        if len(labels) != NUM_CLASSES or matrix.shape != (NUM_CLASSES, NUM_CLASSES) or (matrix < 0).any() or not all(
+                0 <= v < NUM_CLASSES for m in mistakes for v in (m.true, m.predicted)):
+            raise ReportError("the report has the wrong shape (a 10x10 matrix of counts and ten labels)")
+        return cls(labels, matrix, mistakes)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -52,24 +93,30 @@ def class_accuracy(matrix: np.ndarray | list[list[int]]) -> np.ndarray:
     return np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
 
 
-def report(probabilities: np.ndarray, y_true: np.ndarray, labels: list[str]) -> ValidationReport:
+def report(probabilities: np.ndarray, y_true: np.ndarray, labels: list[str],
+           keep: int = MISTAKES_KEPT) -> ValidationReport:
     """A ValidationReport from predicted probabilities and true labels."""
-    return ValidationReport(labels, confusion_matrix(y_true, probabilities.argmax(1)), probabilities, y_true)
+    pred = probabilities.argmax(1)
+    wrong = np.flatnonzero(pred != y_true)
+    conf = probabilities[wrong, pred[wrong]]
+    order = wrong[np.argsort(-conf, kind="stable")[:keep]]
+    mistakes = tuple(Mistake(int(i), int(y_true[i]), int(pred[i]), float(probabilities[i, pred[i]])) for i in order)
+    return ValidationReport(list(labels), confusion_matrix(y_true, pred), mistakes)
 
 
-def run_report(model: Any, info: RunInfo, limit: int | None = None) -> tuple[ValidationReport, np.ndarray]:
-    """The report of a saved run on the validation images it was trained with (the first `limit` of them)."""
-    from deconv import data
-    from deconv.train import predict
-
-    source = data.get_data(info.meta.get("data", {}).get("path") if _exists(info) else None)
-    x, y = data.validation_subset(info.train_config, source)
-    if limit:
-        x, y = x[:limit], y[:limit]
-    return report(predict(model, x), y, data.label_names(source)), x
+def save_report(rep: ValidationReport, run_dir: str | Path) -> None:
+    """Write the report beside a run's model."""
+    (Path(run_dir) / REPORT_FILE).write_text(json.dumps(rep.to_json()) + "\n")
 
 
-def _exists(info: RunInfo) -> bool:
-    """Whether the data folder the run recorded is still there."""
-    path = info.meta.get("data", {}).get("path")
-    return bool(path) and Path(path).is_dir()
+def read_report(run_dir: str | Path) -> ValidationReport:
+    """A run's saved report, or ReportError (runs trained before reports existed, or imported, have none)."""
+    path = Path(run_dir) / REPORT_FILE
+    try:
+        if path.stat().st_size > MAX_REPORT_BYTES:
+            raise ReportError(f"{REPORT_FILE} is larger than {MAX_REPORT_BYTES // 1024} kB")
+        return ValidationReport.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise ReportError("this run was saved without a validation report") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ReportError(f"{REPORT_FILE} cannot be read ({e})") from None

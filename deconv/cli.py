@@ -205,12 +205,12 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _train(model_config: ModelConfig, train_config: TrainConfig, args: argparse.Namespace, out: Path,
            stop: threading.Event, log: ProgressLog) -> int:
     """The body of `train` once configs are valid."""
-    from deconv import data, runs
+    from deconv import analysis, data, runs
 
-    def end(status: str, message: str, code: int, **extra: Any) -> int:
+    def end(status: str, message: str, code: int, hint: str = "", **extra: Any) -> int:
         log({"event": "end", **extra, "status": status, "message": message})
         if code:
-            print(f"error: {message}", file=sys.stderr)
+            print(f"error: {message}{hint}", file=sys.stderr)
         return code
 
     log({"event": "status", "message": "loading CIFAR-10"})
@@ -224,7 +224,7 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, args: argparse.
     try:
         dataset = data.load_dataset(train_config, args.data_dir, download_progress)
     except data.DataError as e:
-        return end("error", str(e), 1)
+        return end("error", str(e), 1, hint=" (or pass --data-dir)")
     if stop.is_set():
         return end("cancelled", "stopped before training began; nothing was saved", 0)
     log({"event": "status", "message": "building the model", "data": dataset.source.describe()})
@@ -252,7 +252,9 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, args: argparse.
         _emit({"run_dir": None, "status": result.status, "message": message, "replicas": result.extra["replicas"]})
         return code
     cost = describe(model_config)
-    last_val = final_val_accuracy(result, dataset, cost.flops)
+    log({"event": "status", "message": "checking the model on its validation images"})
+    rep = validation_report(result, dataset, cost)
+    last_val = final_val_accuracy(result, rep, len(dataset.x_val))
     meta = {"status": result.status, "message": result.message, "train_seconds": result.train_seconds,
             "wall_seconds": time.time() - wall, "epochs_completed": sum(not e.get("partial") for e in result.history),
             "params": cost.params, "flops": cost.flops, "label_names": dataset.label_names,
@@ -260,7 +262,8 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, args: argparse.
                      "train_size": len(dataset.x_train), "val_size": len(dataset.x_val)},
             "seed": train_config.seed, "val_accuracy": last_val, "strategy": args.strategy, **result.extra}
     try:
-        runs.save_run(out, result.model, model_config, train_config, result.history, meta)
+        runs.save_run(out, result.model, model_config, train_config, result.history, meta,
+                      {analysis.REPORT_FILE: rep.to_json()})
     except runs.RunError as e:
         return end("error", f"{result.message}, but {e}", 1)
     summary = {"run_dir": str(out), "status": result.status, "message": result.message,
@@ -288,17 +291,28 @@ def make_strategy(name: str) -> Any:
     return None
 
 
-def final_val_accuracy(result: Any, dataset: Any, flops: int) -> float | None:
-    """Validation accuracy of the weights being saved: the last epoch's, or measured now after a stop."""
-    from deconv.cost import HEAVY_FLOPS
-    from deconv.train import evaluate
+REPORT_IMAGES_HEAVY = 100  # a model above HEAVY_FLOPS is checked on this many validation images, not all
 
+
+def validation_report(result: Any, dataset: Any, cost: Any) -> Any:
+    """The saved weights' confusion matrix and mistakes, computed here in the trainer (never in the app's server)."""
+    from deconv import analysis
+    from deconv.cost import HEAVY_FLOPS
+    from deconv.train import predict
+
+    n = REPORT_IMAGES_HEAVY if cost.flops > HEAVY_FLOPS else len(dataset.x_val)
+    x, y = dataset.x_val[:n], dataset.y_val[:n]
+    return analysis.report(predict(result.model, x, cost.eval_batch()), y, dataset.label_names)
+
+
+def final_val_accuracy(result: Any, rep: Any, val_size: int) -> float | None:
+    """Validation accuracy of the weights being saved: the last epoch's, or the report's after a stop."""
     last = result.history[-1] if result.history else {}
     if "val_accuracy" in last:
         return last["val_accuracy"]
-    if result.status == "nan" or flops > HEAVY_FLOPS:
-        return None  # weights restored from an earlier epoch, or too slow to check here
-    return evaluate(result.model, dataset.x_val, dataset.y_val)["accuracy"]
+    if result.status == "nan" or rep.images < val_size:
+        return None  # weights restored from an earlier epoch, or only part of the images checked
+    return rep.accuracy
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

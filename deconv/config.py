@@ -128,6 +128,11 @@ class _Config:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
+    def differences(self, other: Any) -> list[str]:
+        """The fields where `other` differs from this config, as 'name value (other value)' phrases."""
+        return [f"{f.name.replace('_', ' ')} {_to_text(getattr(self, f.name))} (now {_to_text(getattr(other, f.name))})"
+                for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]  # type: ignore[arg-type]
+
     def to_query(self) -> dict[str, str]:
         """The fields that differ from the defaults, as URL query text (lists comma-separated)."""
         default = type(self)()
@@ -217,14 +222,23 @@ class ModelConfig(_Config):
     """The network: `blocks` pairs of Conv2D and Conv2DTranspose blocks, then a pooling head and softmax."""
 
     widths: tuple[int, ...] = spec((32, 64, 128), low=8, high=256, min_len=1, max_len=4, step=8,
-                                   help="filters of each block (conv and deconv); the number of values is the number of blocks")
-    conv_kernel: int = spec(3, low=1, high=7, help="Conv2D kernel size")
-    conv_stride: int = spec(2, low=1, high=2, help="Conv2D stride (2 halves the feature map)")
-    deconv_kernel: int = spec(2, low=1, high=7, help="Conv2DTranspose kernel size")
-    deconv_stride: int = spec(1, low=1, high=2, help="Conv2DTranspose stride (2 doubles the feature map)")
+                                   help="filters (output channels) of each block's Conv2D and Conv2DTranspose: "
+                                        "more filters can learn more kinds of pattern, at more parameters and "
+                                        "time; the number of values is the number of blocks")
+    conv_kernel: int = spec(3, low=1, high=7, help="Conv2D kernel size: each output pixel looks at a kernel x kernel window")
+    conv_stride: int = spec(2, low=1, high=2, help="Conv2D stride: how far the window jumps (2 halves the feature map)")
+    deconv_kernel: int = spec(2, low=1, high=7,
+                              help="Conv2DTranspose kernel size: each input pixel stamps a kernel x kernel patch "
+                                   "onto the output; a multiple of the stride avoids checkerboard patterns")
+    deconv_stride: int = spec(1, low=1, high=2,
+                              help="Conv2DTranspose stride: the distance between stamps (2 doubles the feature "
+                                   "map: out = in x stride with padding 'same')")
     head: str = spec("adaptive", choices=("adaptive", "flatten"),
-                     help="adaptive: AdaptiveAveragePooling2D then Dense; flatten: the article's Flatten then Dense")
-    pool_size: int = spec(2, low=1, high=8, help="output size of the adaptive pooling (1 = global average pooling)")
+                     help="adaptive: average the final map down to pool_size x pool_size, then Dense; "
+                          "flatten: the article's Flatten then Dense, a weight for every value of the map")
+    pool_size: int = spec(2, low=1, high=8,
+                          help="output size of the adaptive pooling: the final map is averaged in this many "
+                               "windows per side (1 = global average pooling, one mean per channel)")
 
     @property
     def blocks(self) -> int:
@@ -288,10 +302,28 @@ class TrainConfig(_Config):
     learning_rate: float = spec(5e-3, low=1e-5, high=10.0, log=True, help="Adam learning rate (the peak, with warmup-cosine)")
     seed: int = spec(0, low=0, high=2**31 - 1, help="seed for the subset, the weights and the shuffling")
     schedule: str = spec("warmup-cosine", choices=("warmup-cosine", "constant"),
-                         help="warmup-cosine: rise to the learning rate over the first tenth of the steps, then decay to 0")
-    augment: bool = spec(True, help="random horizontal flips and shifts of up to 4 pixels")
-    label_smoothing: float = spec(0.1, low=0.0, high=0.5, help="spread this much of each target over all classes")
+                         help="warmup-cosine: rise from a tenth of the learning rate to it over the first "
+                              "tenth of the steps, then fall along a cosine curve to 0; constant: one rate "
+                              "throughout")
+    augment: bool = spec(True, help="show each training image flipped left-right half the time and shifted by "
+                                    "up to 4 pixels, so the network learns that these do not change the class")
+    label_smoothing: float = spec(0.1, low=0.0, high=0.5,
+                                  help="spread this share of each target evenly over all 10 classes (0.1: the "
+                                       "true class 0.91, the others 0.01), so the network is never pushed to be "
+                                       "certain")
     xla: bool = spec(True, help="compile the training step with XLA (faster on CPU, a few seconds to compile)")
+
+    @property
+    def images_per_epoch(self) -> int:
+        """How many training images one epoch really uses: whole batches only."""
+        batch, steps = epoch_batches(self.train_size, self.batch_size)
+        return batch * steps
+
+
+def epoch_batches(images: int, batch_size: int) -> tuple[int, int]:
+    """The batch size and the number of whole batches an epoch of `images` takes (a last partial batch is dropped)."""
+    batch = min(batch_size, images)
+    return batch, images // batch
 
 
 PRESETS: dict[str, ModelConfig] = {

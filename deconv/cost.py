@@ -20,6 +20,16 @@ CPU_TRAIN_FLOPS_PER_SECOND = 42e9
 PER_IMAGE_SECONDS = 0.01e-3
 HEAVY_FLOPS = 1e9  # forward FLOPs per image above which checking a model on all validation images takes minutes
 STARTUP_SECONDS = 8.0
+# Peak memory of a training process, measured with /usr/bin/time -v on 2 CPU cores (TF 2.21, XLA): TensorFlow and the
+# compiled steps take about 1 GiB before any image; the weights are held four times (weights, gradients, Adam's two
+# moments); a training step holds about 1.5x the forward activations of its batch (the article's network at batch 64:
+# 16 GiB); a forward pass to check or classify about 0.7x (article, 100 images at once: 11.9 GiB).
+BASE_MEMORY_BYTES = 1 << 30
+WEIGHT_COPIES = 4
+TRAIN_ACTIVATION_FACTOR = 1.5
+EVAL_ACTIVATION_FACTOR = 0.7
+EVAL_MEMORY_BYTES = 1 << 30  # a checking or classifying pass takes batches of at most about this much activation
+MAX_EVAL_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,18 @@ class ModelCost:
     def param_bytes(self) -> int:
         """Bytes of the float32 weights."""
         return BYTES_PER_FLOAT * self.params
+
+    def eval_batch(self) -> int:
+        """The batch size for checking or classifying images: as many as fit EVAL_MEMORY_BYTES of activations."""
+        return int(max(1, min(MAX_EVAL_BATCH, EVAL_MEMORY_BYTES // max(self.activation_bytes, 1))))
+
+    def train_memory_bytes(self, config: TrainConfig) -> int:
+        """Estimated peak memory of a training process: runtime, data, weights, and the larger of a training
+        step's and a validation batch's activations."""
+        data = (config.train_size + config.val_size) * IMAGE_SIZE * IMAGE_SIZE * 3 * 2  # uint8, and a tensor copy
+        train = TRAIN_ACTIVATION_FACTOR * min(config.batch_size, config.train_size) * self.activation_bytes
+        check = EVAL_ACTIVATION_FACTOR * min(self.eval_batch(), config.val_size) * self.activation_bytes
+        return int(BASE_MEMORY_BYTES + data + WEIGHT_COPIES * self.param_bytes + max(train, check))
 
     def train_seconds_per_epoch(self, images: int, flops_per_second: float = CPU_TRAIN_FLOPS_PER_SECOND) -> float:
         """Estimated seconds to train on `images` images once on a 2-core CPU."""

@@ -141,7 +141,7 @@ def _download(cache: Path, progress: DownloadProgress | None) -> DataSource:
             raise DataError(
                 f"CIFAR-10 is not on this machine and could not be downloaded from {ORIGIN} ({e}). "
                 f"Download and extract cifar-10-python.tar.gz, then set {DATA_DIR_ENV} to its "
-                f"{BATCHES_DIR} folder (or pass --data-dir).") from None
+                f"{BATCHES_DIR} folder") from None
         partial.rename(archive)
     try:  # finds the archive in place, checks its hash, extracts it
         path = keras.utils.get_file(KERAS_CACHE_NAME, ORIGIN, extract=True, file_hash=FILE_HASH,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deconv.config import ModelConfig, TrainConfig
+from deconv.cost import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_JOBS_ENV = "DECONV_MAX_JOBS"
@@ -33,6 +34,51 @@ ACTIVE = ("queued", "starting", "running")
 OWNER_GRACE_SECONDS = 15.0  # a job whose browser session has been gone this long is stopped
 STOP_GRACE_SECONDS = 60.0  # a job still running this long after Stop is killed
 KEEP_ENDED_SECONDS = 24 * 3600  # an ended job is forgotten (and its logs deleted) after this long
+
+
+@dataclass(frozen=True)
+class MemoryCheck:
+    """A training's estimated peak memory against what the machine can give now."""
+
+    needed: int
+    available: int
+
+    @property
+    def fits(self) -> bool:
+        """Whether the estimate fits in the memory available."""
+        return self.needed <= self.available
+
+    @property
+    def tight(self) -> bool:
+        """More than half of what is available: it may fail if anything else grows."""
+        return self.needed > self.available / 2
+
+    def describe(self) -> str:
+        """'about 18.2 GiB of the 21.4 GiB this machine has free'."""
+        return f"about {self.needed / 2**30:.1f} GiB of the {self.available / 2**30:.1f} GiB this machine has free"
+
+
+def available_memory_bytes() -> int:
+    """Memory this machine can give now: MemAvailable, within the container's limit (cgroup v2) if it has one."""
+    sizes = []
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        sizes += [int(line.split()[1]) * 1024 for line in meminfo.splitlines() if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        sizes.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            sizes.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return max(0, min(sizes))
+
+
+def memory_check(model_config: ModelConfig, train_config: TrainConfig) -> MemoryCheck:
+    """The training's estimated peak memory (deconv.cost) against what this machine has free now."""
+    return MemoryCheck(describe(model_config).train_memory_bytes(train_config), available_memory_bytes())
 
 
 def max_jobs_from_env(default: int = 1) -> int:
@@ -145,7 +191,11 @@ class Job:
 
     def latest(self, kind: str) -> dict[str, Any] | None:
         """The last event of a kind ("batch", "download", "status", "end", ...)."""
-        return next((e for e in reversed(self.events()) if e["event"] == kind), None)
+        return self.newest(kind)
+
+    def newest(self, *kinds: str) -> dict[str, Any] | None:
+        """The last event of any of these kinds."""
+        return next((e for e in reversed(self.events()) if e["event"] in kinds), None)
 
     def stderr_tail(self, lines: int = 5) -> str:
         """The last lines the trainer wrote to stderr, without TensorFlow's log noise."""

@@ -54,6 +54,12 @@ class RunInfo:
         return max(accs) if accs else None
 
     @property
+    def best_epoch(self) -> int | None:
+        """The epoch that ended with the best validation accuracy, if any epoch was validated."""
+        validated = [e for e in self.history if e.get("val_accuracy") is not None]
+        return max(validated, key=lambda e: e["val_accuracy"])["epoch"] if validated else None
+
+    @property
     def val_accuracy(self) -> float | None:
         """Validation accuracy of the saved weights (None if they were not validated)."""
         value = self.meta.get("val_accuracy")
@@ -127,8 +133,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def save_run(run_dir: str | os.PathLike[str], model: Any, model_config: ModelConfig, train_config: TrainConfig,
-             history: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
-    """Write a run directory atomically; refuses to overwrite a non-empty directory."""
+             history: list[dict[str, Any]], meta: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+    """Write a run directory atomically (with `extra` JSON files beside it); refuses to overwrite a non-empty one."""
     run_dir = Path(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise RunError(f"{run_dir} already exists and is not empty: choose another --out")
@@ -146,6 +152,8 @@ def save_run(run_dir: str | os.PathLike[str], model: Any, model_config: ModelCon
         _write_json(tmp / "history.json", history)
         _write_json(tmp / "meta.json", {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                         "versions": library_versions(), **meta})
+        for file, content in (extra or {}).items():
+            _write_json(tmp / file, content)
         if run_dir.exists():
             run_dir.rmdir()
         tmp.rename(run_dir)

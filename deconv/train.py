@@ -13,7 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deconv.config import IMAGE_SIZE, NUM_CLASSES, ModelConfig, TrainConfig
+from deconv.config import IMAGE_SIZE, NUM_CLASSES, ModelConfig, TrainConfig, epoch_batches
+from deconv.cost import describe
 from deconv.data import Dataset
 from deconv.model import build_model
 
@@ -23,6 +24,8 @@ EventSink = Callable[[Event], None]
 SHIFT = 4  # augmentation shifts images by up to this many pixels
 PIPELINE_THREADS = 2  # batches gathered and augmented at once
 REPORT_INTERVAL = 0.5  # seconds between batch progress events: enough for the eye, no host sync per batch
+MEASURE_SECONDS = 1.0  # the speed (and time left) is reported once this many seconds of steps were timed
+TRAIN_OVER_EVAL = 3.0  # a training step costs about three forward passes: validation runs about 3x faster per image
 
 
 @dataclass
@@ -37,15 +40,19 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def shift_and_flip(images: tf.Tensor, seed: int = 0) -> tf.Tensor:
-    """Each image shifted by up to SHIFT pixels (edges reflected) and flipped left-right with probability 1/2."""
+def shift_and_flip(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Each image shifted by up to SHIFT pixels (edges reflected) and flipped left-right with probability 1/2.
+
+    The random draws are stateless, keyed by `seed` (the run's seed and the batch's number): the same run
+    augments the same way however the pipeline's threads interleave.
+    """
     n, size = tf.shape(images)[0], images.shape[1]
     padded = tf.pad(images, [[0, 0], [SHIFT, SHIFT], [SHIFT, SHIFT], [0, 0]], mode="REFLECT")
-    offsets = tf.random.uniform((n, 2), 0, 2 * SHIFT + 1, dtype=tf.int32, seed=seed)
+    offsets = tf.random.stateless_uniform((n, 2), seed, 0, 2 * SHIFT + 1, dtype=tf.int32)
     window = tf.range(size)[None, :]
     rows = tf.gather(padded, offsets[:, :1] + window, axis=1, batch_dims=1)  # gathers, not a per-image loop
     shifted = tf.gather(rows, offsets[:, 1:] + window, axis=2, batch_dims=1)
-    flip = tf.random.uniform((n, 1, 1, 1), seed=seed + 1) < 0.5
+    flip = tf.random.stateless_uniform((n, 1, 1, 1), seed + [0, 1]) < 0.5
     return tf.where(flip, tf.reverse(shifted, axis=[2]), shifted)
 
 
@@ -60,10 +67,10 @@ def batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool 
     labels = tf.constant(y) if y is not None else None
 
     @tf.autograph.experimental.do_not_convert  # plain tensor code: nothing for AutoGraph to convert
-    def gather(idx: tf.Tensor) -> Any:
+    def gather(idx: tf.Tensor, key: tf.Tensor) -> Any:
         xb = tf.gather(images, idx)
         if augment:
-            xb = shift_and_flip(xb, seed)
+            xb = shift_and_flip(xb, tf.stack([tf.constant(seed, tf.int64), key]))
         xb = tf.cast(xb, tf.float32)  # the model's Rescaling layer scales to [0, 1]
         if labels is None:
             return xb
@@ -72,7 +79,10 @@ def batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool 
     ds = tf.data.Dataset.range(len(x))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=whole)
+    # One random key per batch, drawn in order (a new sequence each epoch, the same in every run of this seed):
+    # the augmentation is keyed by it, not by a random state the parallel map calls would share in any order.
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).map(lambda r: r // 2)
+    ds = tf.data.Dataset.zip(ds.batch(batch_size, drop_remainder=whole), keys)
     # Fixed parallelism instead of tf.data's autotuner: deleting an autotuned iterator waited 2-9 s for the tuning
     # thread at the end of every `fit` (Keras opens the next epoch's iterator when an epoch ends), and the gathers
     # are about 10x faster than the training step, so two batches in flight keep it fed.
@@ -84,7 +94,7 @@ def batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool 
 def even_batch(n: int, most: int) -> int:
     """The largest batch size up to `most` that divides n (so evaluation has one batch shape), or `most`."""
     best = max((b for b in range(1, min(n, most) + 1) if n % b == 0), default=most)
-    return best if best >= min(32, n) else most
+    return best if best >= min(32, n, (most + 1) // 2) else most
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
@@ -124,20 +134,28 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int 
 
 
 class ProgressCallback(keras.callbacks.Callback):
-    """Sends batch and epoch events to a sink, honours a stop request within one batch, catches NaN losses."""
+    """Sends batch and epoch events to a sink, honours a stop request within one batch, catches NaN losses.
+
+    Speed and time left are sent only once measured after warm-up (the first step also compiles):
+    until then a batch event carries None for both.
+    """
 
     async_safe = True  # Keras may run the batch hooks on its callback thread: no host sync in the training loop
 
     def __init__(self, sink: EventSink, stop: threading.Event, epochs: int, steps: int, batch_size: int,
-                 interval: float = REPORT_INTERVAL, agree: Callable[[bool], bool] | None = None) -> None:
+                 interval: float = REPORT_INTERVAL, agree: Callable[[bool], bool] | None = None,
+                 val_images: int = 0) -> None:
         super().__init__()
         self.sink, self.stop, self.epochs, self.steps, self.batch_size = sink, stop, epochs, steps, batch_size
         self.interval = interval
         self.agree = agree  # several workers: they stop together at an epoch's end, if any of them asked
+        self.val_images = val_images
         self.nan = False
         self.stopped = False
         self.good_weights: list[np.ndarray] | None = None
         self.history: list[dict[str, float]] = []
+        self.timed_images, self.timed_seconds = 0, 0.0  # training steps after the first one, for the speed
+        self.val_seconds: float | None = None  # the latest validation pass, measured
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.start = time.perf_counter()
@@ -145,7 +163,7 @@ class ProgressCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch = epoch
-        self.epoch_start = self.last_report = self.first_step_end = time.perf_counter()
+        self.epoch_start = self.last_report = self.last_step_end = time.perf_counter()
 
     def _check_stop(self, epoch_end: bool = False) -> None:
         if self.agree is not None and not epoch_end:
@@ -156,12 +174,27 @@ class ProgressCallback(keras.callbacks.Callback):
             self.model.stop_training = True
             self.model.stop_evaluating = True
 
+    def speed(self) -> float | None:
+        """Training images per second, once at least a second of steps after the first one was timed."""
+        return self.timed_images / self.timed_seconds if self.timed_seconds >= MEASURE_SECONDS else None
+
+    def seconds_left(self, steps_done: int) -> float | None:
+        """Time left: the training steps at the measured speed, and a validation pass per epoch still to come."""
+        rate = self.speed()
+        if rate is None:
+            return None
+        left = (self.steps - steps_done) + (self.epochs - self.epoch - 1) * self.steps
+        validation = self.val_seconds if self.val_seconds is not None else self.val_images / (TRAIN_OVER_EVAL * rate)
+        return left * self.batch_size / rate + (self.epochs - self.epoch) * validation
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._check_stop()
         now = time.perf_counter()
-        if batch == 0:  # the first step also compiles or warms up: the speed is timed from its end
-            self.first_step_end = now
-        if now - self.last_report < self.interval and batch + 1 < self.steps:
+        if self.epoch > 0 or batch > 0:  # the very first step also traces and compiles: not timed
+            self.timed_images += self.batch_size
+            self.timed_seconds += now - self.last_step_end
+        self.last_step_end = now
+        if now - self.last_report < self.interval and batch + 1 < self.steps and batch > 0:
             return
         self.last_report = now
         logs = logs or {}
@@ -170,14 +203,18 @@ class ProgressCallback(keras.callbacks.Callback):
             self.nan = True
             self._check_stop()
             return
-        done = batch + 1
-        rate = (done - 1) * self.batch_size / max(now - self.first_step_end, 1e-9) if done > 1 \
-            else self.batch_size / max(now - self.epoch_start, 1e-9)
-        left = (self.steps - done) + (self.epochs - self.epoch - 1) * self.steps
-        self.sink({"event": "batch", "epoch": self.epoch + 1, "epochs": self.epochs, "batch": done,
+        self.sink({"event": "batch", "epoch": self.epoch + 1, "epochs": self.epochs, "batch": batch + 1,
                    "batches": self.steps, "loss": loss, "accuracy": float(logs.get("accuracy", math.nan)),
-                   "images_per_second": rate, "elapsed": now - self.start,
-                   "eta": left * self.batch_size / rate})
+                   "images_per_second": self.speed(), "elapsed": now - self.start, "eta": self.seconds_left(batch + 1)})
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        self.val_start = time.perf_counter()
+        if self.val_images and not self.stopped:
+            self.sink({"event": "status", "message": f"epoch {self.epoch + 1}: checking it on {self.val_images:,} "
+                                                     "validation images"})
+
+    def on_test_end(self, logs: dict | None = None) -> None:
+        self.val_seconds = time.perf_counter() - self.val_start  # the first pass also compiles: a little pessimistic
 
     def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._check_stop()
@@ -269,8 +306,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
     sink = sink or (lambda event: None)
     stop = stop or threading.Event()
     keras.utils.set_random_seed(train_config.seed)
-    batch_size = min(train_config.batch_size, len(data.x_train))  # the global batch: a strategy splits it over replicas
-    steps = len(data.x_train) // batch_size
+    batch_size, steps = epoch_batches(len(data.x_train), train_config.batch_size)  # the global batch, split by a strategy
     replicas = strategy.num_replicas_in_sync if strategy else 1
     # Measured with TF 2.21: an XLA step fails over several local devices (a variable on another device) and
     # across CPU workers (no XLA collectives on CPU); one replica compiles as without a strategy.
@@ -281,7 +317,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
         model = compile_model(build_model(model_config), train_config.replace(xla=xla), steps, confusion=not strategy)
     train_data = batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=train_config.seed,
                          augment=train_config.augment, whole=True)
-    val_data = batches(data.x_val, data.y_val, even_batch(len(data.x_val), max(batch_size, 100)))
+    most = min(max(batch_size, 100), describe(model_config).eval_batch())  # a big network checks fewer at once
+    val_data = batches(data.x_val, data.y_val, even_batch(len(data.x_val), most))
     start = time.perf_counter()  # building the optimizer and metrics counts as training time
     agree = None
     if not strategy:
@@ -289,10 +326,13 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
     elif ready_for_strategy(model, strategy):  # replicas on other workers too
         train_data, val_data = sharded_by_element(train_data), sharded_by_element(val_data)
         agree = any_worker_asks(strategy)
-    progress = ProgressCallback(sink, stop, train_config.epochs, steps, batch_size, agree=agree)
+    progress = ProgressCallback(sink, stop, train_config.epochs, steps, batch_size, agree=agree,
+                                val_images=len(data.x_val))
     sink({"event": "start", "epochs": train_config.epochs, "batches": steps, "train_size": len(data.x_train),
           "val_size": len(data.x_val), "params": model.count_params(), "replicas": replicas,
           "labels": list(data.label_names)})
+    sink({"event": "status", "message": f"compiling the training step{' with XLA' if xla else ''} and running the "
+                                        f"first batch of {batch_size} images"})
     model.fit(train_data, validation_data=val_data, epochs=train_config.epochs,
               callbacks=[progress, *(callbacks or [])], shuffle=False, verbose=0)  # the pipeline shuffles
     seconds = time.perf_counter() - start

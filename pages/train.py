@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import streamlit as st
 
-from deconv import charts, data, inference, runs
-from deconv.cost import HEAVY_FLOPS, describe
+from deconv import analysis, charts, data, inference, jobs, runs
+from deconv.config import TrainConfig
+from deconv.cost import describe
 from pages import common
 from pages.common import MODEL, SAVE_PROBLEM, TRAIN, config_widget
 
 common.require_app()
 
-HEAVY_REPORT_IMAGES = 100  # a heavy model's after-training report uses this many validation images
 GALLERY = 8  # confidently wrong images shown after training
 PROGRESS_REFRESH = 1.0  # seconds between progress bar updates while training
 # Seconds between redraws of the live charts: a browser on the same machine redraws plotly charts with the CPU that
@@ -30,14 +31,11 @@ def image_counts(path: str) -> tuple[int, int]:
     return (data.count_train_images(source) if source.has_train else 0), len(data.read_test(source)[1])
 
 
-@st.cache_data(show_spinner="Checking the model on its validation images...", max_entries=8)
-def report_for(path: str, mtime: float) -> Any:
-    """Confusion matrix, per-class accuracy and mistakes of a saved run, with its validation images."""
-    from deconv import analysis
-
-    info = runs.read_run(path)
-    heavy = describe(info.model_config).flops > HEAVY_FLOPS
-    return analysis.run_report(common.model_for(info), info, HEAVY_REPORT_IMAGES if heavy else None)
+@st.cache_data(show_spinner=False, max_entries=4)
+def validation_images(path: str, val_size: int, seed: int) -> np.ndarray:
+    """The validation images a run was checked on (its report's indices point into them)."""
+    source = data.DataSource(Path(path), "")
+    return data.validation_subset(TrainConfig(val_size=val_size, seed=seed), source)[0]
 
 
 def start() -> None:
@@ -46,22 +44,25 @@ def start() -> None:
 
 
 def progress_block(job: Any) -> None:
-    """Progress bar, speed and time left of a running job."""
-    batch = job.latest("batch")
-    if batch is None:
-        status, download = job.latest("status"), job.latest("download")
-        if download and download["total"] > 0 and not job.latest("start"):
-            st.progress(min(download["done"] / download["total"], 1.0),
-                        text=f"Downloading CIFAR-10: {download['done'] / 2**20:.0f} of {download['total'] / 2**20:.0f} MB")
-        else:
-            st.progress(0.0, text=(status or {}).get("message", "starting the trainer") + "...")
-        return
+    """Progress bar with what the trainer does now: loading, compiling, training (speed, time left), checking."""
+    latest, batch = job.newest("batch", "status", "download"), job.latest("batch")
+    done = job.fraction_done()
     if job.stop_requested:
-        st.progress(job.fraction_done(), text=f"Stopping after the current batch (epoch {batch['epoch']}, batch "
-                    f"{batch['batch']}); the model will be saved as it is...")
-        return
-    st.progress(job.fraction_done(), text=f"Epoch {batch['epoch']}/{batch['epochs']}, batch {batch['batch']}/{batch['batches']}"
-                f" · {batch['images_per_second']:.0f} images/s · about {common.fmt_seconds(batch['eta'])} left")
+        where = f" (epoch {batch['epoch']}, batch {batch['batch']})" if batch else ""
+        st.progress(done, text=f"Stopping after the current batch{where}; the model will be saved as it is...")
+    elif latest is None:
+        st.progress(0.0, text="Starting the trainer...")
+    elif latest["event"] == "download" and latest["total"] > 0:
+        st.progress(min(latest["done"] / latest["total"], 1.0),
+                    text=f"Downloading CIFAR-10: {latest['done'] / 2**20:.0f} of {latest['total'] / 2**20:.0f} MB")
+    elif latest["event"] == "batch":
+        speed = (f"{batch['images_per_second']:,.0f} images/s · about {common.fmt_seconds(batch['eta'])} left"
+                 if batch.get("images_per_second") else "measuring the speed...")
+        st.progress(done, text=f"Epoch {batch['epoch']}/{batch['epochs']}, batch {batch['batch']}/{batch['batches']}"
+                               f" · {speed}")
+    else:  # a status line: say what it is doing and for how long, so a slow step is not a silent one
+        since = max(0.0, time.time() - latest.get("time", time.time()))
+        st.progress(done, text=f"{latest.get('message', 'working').capitalize()}... {since:.0f} s")
 
 
 def curves(job: Any) -> None:
@@ -92,14 +93,28 @@ def confusion_charts(matrix: np.ndarray, labels: list[str], when: str, key: str)
     right.plotly_chart(charts.per_class(analysis.class_accuracy(matrix), labels), key=f"pc-{key}")
 
 
+def settings_changed(job: Any) -> None:
+    """Say so when the results below come from other settings than the ones on the page now."""
+    changed = (job.model_config.differences(st.session_state[MODEL])
+               + job.train_config.differences(st.session_state[TRAIN]))
+    if changed:
+        st.info("**Your previous run**, trained with other settings than those on the page now: "
+                + "; ".join(changed) + ". Press **Train** to train the current settings.", icon=":material/history:")
+
+
 def finished(job: Any) -> None:
-    """What the user gets after training: the verdict, metrics, confusion matrix, per-class accuracy."""
+    """What the user gets after training: the verdict, metrics, confusion matrix, per-class accuracy, mistakes."""
     ok = {"finished": st.success, "stopped": st.info, "nan": st.error, "error": st.error, "cancelled": st.info}
     ok.get(job.state, st.info)(job.message[:1].upper() + job.message[1:] + ".")
+    settings_changed(job)
     if not (job.run_dir / "model.keras").exists():
         unsaved(job)
         return
-    info = runs.read_run(job.run_dir)
+    try:
+        info = runs.read_run(job.run_dir)
+    except runs.RunError as e:  # deleted or damaged since it was saved
+        st.warning(f"The saved run cannot be read any more: {e}.")
+        return
     common.adopt_finished_run()  # the sidebar did this already when the app script ran first
     last = info.history[-1] if info.history else {}
     m = st.columns(4)
@@ -112,25 +127,31 @@ def finished(job: Any) -> None:
     curves(job)
     st.caption(f"Saved as **{info.name}** in {info.path.parent} and made the active model.")
     try:
-        rep, images = report_for(str(info.path), (info.path / "model.keras").stat().st_mtime)
-    except (data.DataError, runs.RunError) as e:
-        st.warning(f"No confusion matrix: {e}.")
+        rep = analysis.read_report(info.path)
+    except analysis.ReportError as e:
+        st.caption(f"No confusion matrix: {e}.")
         return
-    confusion_charts(rep.matrix, rep.labels, "", job.id)
-    mistakes(rep, images)
+    part = f" (the first {rep.images} validation images)" if rep.images < info.train_config.val_size else ""
+    confusion_charts(rep.matrix, rep.labels, part, job.id)
+    mistakes(rep, info)
 
 
-def mistakes(rep: Any, images: Any) -> None:
+def mistakes(rep: analysis.ValidationReport, info: runs.RunInfo) -> None:
     """The validation images the model got wrong with the highest confidence."""
     wrong = rep.confidently_wrong(GALLERY)
-    if not wrong:
+    path = (info.meta.get("data") or {}).get("path")
+    if not wrong or not isinstance(path, str) or not Path(path).is_dir():
+        return
+    try:
+        images = validation_images(path, info.train_config.val_size, info.train_config.seed)
+    except data.DataError:
         return
     st.markdown("**Most confidently wrong** validation images: what the model was surest about, and missed")
     for row in range(0, len(wrong), GALLERY // 2):
         cols = st.columns(GALLERY // 2)
-        for col, (i, predicted, confidence) in zip(cols, wrong[row:row + GALLERY // 2]):
-            col.image(inference.enlarge(images[i], 112), width=112,
-                      caption=f"{rep.labels[predicted]} {confidence:.0%} (is {rep.labels[rep.y_true[i]]})")
+        for col, m in zip(cols, wrong[row:row + GALLERY // 2]):
+            col.image(inference.enlarge(images[m.index], 112), width=112,
+                      caption=f"{rep.labels[m.predicted]} {m.confidence:.0%} (is {rep.labels[m.true]})")
 
 
 def unsaved(job: Any) -> None:
@@ -211,11 +232,23 @@ with right:
     model_config, train_config = st.session_state[MODEL], st.session_state[TRAIN]
     cost = describe(model_config)
     estimate = cost.train_seconds(train_config)
+    memory = jobs.memory_check(model_config, train_config)
     st.markdown(f"**Network:** {common.architecture_summary(model_config)}.  \n"
                 f"**Estimated training time:** about {common.fmt_seconds(estimate)} for {train_config.epochs} "
-                f"epoch{'s' if train_config.epochs > 1 else ''} of {train_config.train_size:,} images.")
+                f"epoch{'s' if train_config.epochs > 1 else ''} of {train_config.images_per_epoch:,} images; "
+                f"peak memory about {memory.needed / 2**30:.1f} GiB.")
+    if train_config.images_per_epoch < train_config.train_size:
+        st.caption(f"Each epoch uses {train_config.images_per_epoch:,} of the {train_config.train_size:,} training "
+                   f"images: whole batches of {train_config.batch_size} only (the shuffle draws other images each "
+                   "epoch). A batch size that divides the number of images uses them all.")
+    if not memory.fits:
+        st.error(f"**Not enough memory for this training:** it would need {memory.describe()}. Use a smaller batch "
+                 "size, fewer or narrower blocks, or the fast default.", icon=":material/memory:")
+    elif memory.tight:
+        st.warning(f"**This training takes much of the machine's memory:** {memory.describe()}. It may fail if "
+                   "anything else needs memory; a smaller batch size needs less.", icon=":material/memory:")
     a, b, _ = st.columns([1, 1, 2])
-    a.button("Train", type="primary", icon=":material/play_arrow:", disabled=busy, on_click=start,
+    a.button("Train", type="primary", icon=":material/play_arrow:", disabled=busy or not memory.fits, on_click=start,
              width="stretch")
     if busy:
         label = "Cancel" if job.state == "queued" else "Stop"

@@ -72,7 +72,27 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_writes_a_run_and_a_progress_file(trained_run: Path) -> None:
-    assert sorted(p.name for p in trained_run.iterdir()) == ["config.json", "history.json", "meta.json", "model.keras"]
+    assert sorted(p.name for p in trained_run.iterdir()) == ["config.json", "history.json", "meta.json", "model.keras",
+                                                             "report.json"]
+
+
+def test_the_trainer_saves_the_validation_report_of_the_saved_weights(trained_run: Path) -> None:
+    from deconv import analysis, runs
+
+    rep, info = analysis.read_report(trained_run), runs.read_run(trained_run)
+    assert rep.images == 100 and rep.accuracy == pytest.approx(info.val_accuracy, abs=1e-6)
+    assert rep.matrix.sum(1).tolist() == [10] * 10  # a stratified draw: 10 validation images per class
+    assert len(rep.mistakes) == min(analysis.MISTAKES_KEPT, 100 - int(rep.matrix.trace()))
+
+
+def test_the_same_seed_trains_the_same_network_in_another_process(trained_run: Path, tmp_path: Path) -> None:
+    data_dir = trained_run.parent / "data"
+    r = cli("train", "--data-dir", str(data_dir), *SMALL, "--epochs", "2", "--out", str(tmp_path / "again"))
+    assert r.returncode == 0, r.stderr
+    first, second = (json.loads((d / "history.json").read_text()) for d in (trained_run, tmp_path / "again"))
+    figures = ("loss", "accuracy", "val_loss", "val_accuracy")
+    assert [[e[k] for k in figures] for e in first] == [[e[k] for k in figures] for e in second]
+
 
 
 def test_train_refuses_an_existing_run_dir(trained_run: Path) -> None:

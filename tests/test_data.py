@@ -110,6 +110,7 @@ def test_offline_with_nothing_local_says_what_to_do(tmp_path: Path, monkeypatch:
     with pytest.raises(data.DataError) as err:
         data.get_data()
     assert "could not be downloaded" in str(err.value) and "DECONV_DATA_DIR" in str(err.value)
+    assert str(err.value).endswith("folder") and "--data-dir" not in str(err.value)  # the app shows it as a sentence
     assert not list((tmp_path / "keras" / "datasets").glob("*archive*"))  # no half file left behind
 
 

@@ -30,9 +30,59 @@ def test_events_and_history(cifar_dir: Path) -> None:
     for h in result.history:
         assert {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"} <= set(h)
     batch = next(e for e in events if e["event"] == "batch")
-    assert batch["batches"] == 15 and batch["images_per_second"] > 0 and batch["eta"] >= 0
+    assert batch["batches"] == 15 and batch["images_per_second"] is None and batch["eta"] is None  # compiling
+    measured = [e for e in events if e["event"] == "batch" and e["images_per_second"] is not None]
+    assert all(e["images_per_second"] > 0 and e["eta"] >= 0 for e in measured)
+    compiling = next(i for i, e in enumerate(events) if "compiling the training step" in e.get("message", ""))
+    assert compiling < kinds.index("batch")  # the page says what the first, slow step is doing
     assert result.history[-1]["val_accuracy"] > 0.3  # chance is 0.1; the synthetic classes differ by colour
     assert events[0]["labels"] == ds.label_names
+
+
+class FakeModel:
+    stop_training = stop_evaluating = False
+
+    def get_weights(self) -> list:
+        return []
+
+
+def test_speed_and_time_left_are_sent_only_once_measured_after_the_first_step(monkeypatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
+    events: list[dict] = []
+    progress = train.ProgressCallback(events.append, threading.Event(), epochs=2, steps=10, batch_size=10,
+                                      interval=0.0, val_images=300)
+    progress.set_model(FakeModel())
+    progress.on_train_begin()
+    progress.on_epoch_begin(0)
+    clock[0] = 60.0  # the first step compiles: a minute
+    progress.on_train_batch_end(0, {"loss": 2.0, "accuracy": 0.1})
+    clock[0] += 0.5
+    progress.on_train_batch_end(1, {"loss": 2.0, "accuracy": 0.1})
+    assert [e["images_per_second"] for e in events] == [None, None] and events[-1]["eta"] is None
+    clock[0] += 0.5
+    progress.on_train_batch_end(2, {"loss": 2.0, "accuracy": 0.1})
+    # 20 images in 1 s of timed steps; 17 steps of 10 images left, and two validation passes of 300 images
+    # estimated at 3x the training speed (5 s each) until one is measured
+    assert events[-1]["images_per_second"] == pytest.approx(20.0)
+    assert events[-1]["eta"] == pytest.approx(17 * 10 / 20 + 2 * 300 / 60)
+    progress.on_test_begin()
+    clock[0] += 2.0
+    progress.on_test_end()
+    assert events[-1]["event"] == "status" and "300 validation images" in events[-1]["message"]
+    progress.on_epoch_begin(1)
+    clock[0] += 0.5
+    progress.on_train_batch_end(0, {"loss": 1.0, "accuracy": 0.5})
+    assert events[-1]["eta"] == pytest.approx(9 * 10 / 20 + 1 * 2.0)  # the measured validation pass
+
+
+def test_the_same_seed_trains_the_same_network(cifar_dir: Path) -> None:
+    config, ds = small_run(cifar_dir, epochs=2)
+    first, second = (train.train(SMALL, config, ds).history for _ in range(2))
+    figures = ("loss", "accuracy", "val_loss", "val_accuracy")
+    assert [[e[k] for k in figures] for e in first] == [[e[k] for k in figures] for e in second]
+    other = train.train(SMALL, config.replace(seed=1), ds).history
+    assert [e["loss"] for e in other] != [e["loss"] for e in first]
 
 
 def test_every_epoch_reports_the_validation_confusion_matrix(cifar_dir: Path) -> None:
@@ -97,7 +147,8 @@ def test_evaluate_and_confusion_matrix(cifar_dir: Path) -> None:
     assert abs(rep.accuracy - metrics["accuracy"]) < 1e-9
     assert np.allclose(rep.per_class, np.diag(rep.matrix) / rep.matrix.sum(1))
     wrong = rep.confidently_wrong(3)
-    assert all(p != ds.y_val[i] for i, p, _ in wrong) and [c for *_, c in wrong] == sorted([c for *_, c in wrong], reverse=True)
+    assert all(m.predicted != ds.y_val[m.index] == m.true for m in wrong)
+    assert [m.confidence for m in wrong] == sorted([m.confidence for m in wrong], reverse=True)
 
 
 def test_default_preset_learns_real_cifar10_in_one_epoch(real_cifar_dir: Path) -> None:
