@@ -23,6 +23,7 @@ from deconv.cost import describe
 MODEL, TRAIN, ACTIVE_RUN, CLIENT = "model_config", "train_config", "active_run", "client"
 URL_NOTES = "url_notes"  # session key: what was clamped in the link this session was opened with
 SAVE_PROBLEM = "save_problem"  # session key: why the runs folder cannot take the next run
+PENDING_CHANGE = "pending_change"  # session key: a widget change to apply before the widgets are drawn
 CONFIG_CLASSES = {MODEL: ModelConfig, TRAIN: TrainConfig}
 CONFIG_FIELDS = {k: {f.name for f in dataclasses.fields(cls)} for k, cls in CONFIG_CLASSES.items()}
 
@@ -90,6 +91,7 @@ def init_state() -> None:
         st.session_state[MODEL], st.session_state[TRAIN] = model_config, train_config
         if model_notes or train_notes:
             st.session_state[URL_NOTES] = model_notes + train_notes
+    apply_pending_change()
     if CLIENT not in st.session_state:
         given = st.query_params.get(CLIENT, "")
         st.session_state[CLIENT] = given if re.fullmatch(r"[0-9a-f]{16}", given) else uuid.uuid4().hex[:16]
@@ -255,33 +257,48 @@ def config_widget(state_key: str, name: str, label: str | None = None, high: flo
     if high is not None and name in CONFIG_FIELDS[state_key] and getattr(config, name) > high >= s.low:
         st.session_state[state_key] = config.replace(**{name: type(getattr(config, name))(high)})  # what fits here
         st.session_state[key] = getattr(st.session_state[state_key], name)
-    if key not in st.session_state:  # first show on this page visit: start from the config
-        st.session_state[key] = _widget_value(st.session_state[state_key], name)
+    current = _widget_value(st.session_state[state_key], name)
+    # First show on this page visit, or in a session the server does not know (it restarted while the tab stayed
+    # open): the widget starts from the config, unless the browser sends a value it kept, which wins (below).
+    first = key not in st.session_state
+    start: dict[str, Any] = {"value": current} if first else {}
     label = label or name.replace("_", " ").capitalize()
     common = dict(key=key, on_change=_apply, args=(state_key, name), disabled=disabled,
                   help=glossary.BLOCKS_HELP if name == "blocks" else s.help)
-    value = getattr(st.session_state[state_key], spec_name)
-    if isinstance(value, bool):
-        container.toggle(label, **common)
+    if isinstance(current, bool):
+        shown = container.toggle(label, **start, **common)
     elif name == "blocks":
-        container.slider(label, s.min_len, s.max_len, **common)
+        shown = container.slider(label, s.min_len, s.max_len, **start, **common)
     elif name.startswith("width"):
-        container.slider(label, int(s.low), int(s.high), step=s.step, **common)
+        shown = container.slider(label, int(s.low), int(s.high), step=s.step, **start, **common)
     elif s.choices:
-        container.radio(label, s.choices, horizontal=True, **common)
+        shown = container.radio(label, s.choices, horizontal=True, index=s.choices.index(current) if first else None,
+                                **common)
     elif s.log:
-        options = sorted(set(s.grid()) | {st.session_state[key]})
-        container.select_slider(label, options, format_func=lambda v: f"{v:g}", **common)
-    elif isinstance(value, float):
-        container.slider(label, float(s.low), float(s.high), step=0.05, **common)
-    elif isinstance(value, int) and (high or s.high) - s.low <= 100_000:
+        options = sorted(set(s.grid()) | {current})
+        shown = container.select_slider(label, options, format_func=lambda v: f"{v:g}", **start, **common)
+    elif isinstance(current, float):
+        shown = container.slider(label, float(s.low), float(s.high), step=0.05, **start, **common)
+    elif isinstance(current, int) and (high or s.high) - s.low <= 100_000:
         top = int(min(high, s.high)) if high is not None else int(s.high)
         if top <= s.low:
             container.caption(f"{label}: {top} (no other value fits)")
             return
-        container.slider(label, int(s.low), top, step=s.step, **common)
+        shown = container.slider(label, int(s.low), top, step=s.step, **start, **common)
     else:
-        container.number_input(label, int(s.low), int(s.high), **common)
+        shown = container.number_input(label, int(s.low), int(s.high), **start, **common)
+    if first and shown is not None and shown != current:  # a value the browser kept across a server restart: apply it
+        st.session_state[PENDING_CHANGE] = (state_key, name, shown)
+        st.rerun()
+
+
+def apply_pending_change() -> None:
+    """Apply a widget change that arrived before this session had its widgets (see `config_widget`)."""
+    pending = st.session_state.pop(PENDING_CHANGE, None)
+    if pending:
+        state_key, name, value = pending
+        st.session_state[_widget_key(state_key, name)] = value
+        _apply(state_key, name)
 
 
 def config_error(state_key: str) -> None:

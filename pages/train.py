@@ -22,6 +22,7 @@ PROGRESS_REFRESH = 1.0  # seconds between progress bar updates while training
 # Seconds between redraws of the live charts: a browser on the same machine redraws plotly charts with the CPU that
 # trains (measured: the default run took 51 s with the Train page closed, 64-76 s with the charts redrawn every second).
 CHARTS_REFRESH = 2.5
+UNUSED_WORTH_SAYING = 0.95  # say how many images an epoch uses when whole batches leave more than 5% out
 
 
 @st.cache_data(show_spinner=False)
@@ -38,9 +39,13 @@ def validation_images(path: str, val_size: int, seed: int) -> np.ndarray:
     return data.validation_subset(TrainConfig(val_size=val_size, seed=seed), source)[0]
 
 
+STARTED = "train.started"  # session key: the Train button's callback ran in this script run
+
+
 def start() -> None:
     """on_click Train: queue a job for this session with the current settings."""
     common.start_training()
+    st.session_state[STARTED] = True
 
 
 def progress_block(job: Any) -> None:
@@ -62,7 +67,8 @@ def progress_block(job: Any) -> None:
                                f" · {speed}")
     else:  # a status line: say what it is doing and for how long, so a slow step is not a silent one
         since = max(0.0, time.time() - latest.get("time", time.time()))
-        st.progress(done, text=f"{latest.get('message', 'working').capitalize()}... {since:.0f} s")
+        message = str(latest.get("message", "working"))
+        st.progress(done, text=f"{message[:1].upper()}{message[1:]}... {since:.0f} s")
 
 
 def curves(job: Any) -> None:
@@ -235,9 +241,9 @@ with right:
     memory = jobs.memory_check(model_config, train_config)
     st.markdown(f"**Network:** {common.architecture_summary(model_config)}.  \n"
                 f"**Estimated training time:** about {common.fmt_seconds(estimate)} for {train_config.epochs} "
-                f"epoch{'s' if train_config.epochs > 1 else ''} of {train_config.images_per_epoch:,} images; "
+                f"epoch{'s' if train_config.epochs > 1 else ''} of {train_config.train_size:,} images; "
                 f"peak memory about {memory.needed / 2**30:.1f} GiB.")
-    if train_config.images_per_epoch < train_config.train_size:
+    if train_config.images_per_epoch < UNUSED_WORTH_SAYING * train_config.train_size:
         st.caption(f"Each epoch uses {train_config.images_per_epoch:,} of the {train_config.train_size:,} training "
                    f"images: whole batches of {train_config.batch_size} only (the shuffle draws other images each "
                    "epoch). A batch size that divides the number of images uses them all.")
@@ -248,8 +254,12 @@ with right:
         st.warning(f"**This training takes much of the machine's memory:** {memory.describe()}. It may fail if "
                    "anything else needs memory; a smaller batch size needs less.", icon=":material/memory:")
     a, b, _ = st.columns([1, 1, 2])
-    a.button("Train", type="primary", icon=":material/play_arrow:", disabled=busy or not memory.fits, on_click=start,
-             width="stretch")
+    clicked = a.button("Train", type="primary", icon=":material/play_arrow:", disabled=busy or not memory.fits,
+                       on_click=start, width="stretch")
+    if clicked and not st.session_state.pop(STARTED, False):  # a click that reached a session without its widgets
+        start()  # (the server restarted while the tab stayed open): Streamlit ran no callback for it
+        st.session_state.pop(STARTED)
+        st.rerun()
     if busy:
         label = "Cancel" if job.state == "queued" else "Stop"
         b.button(label, icon=":material/stop:", on_click=manager.stop, args=(job,), disabled=bool(job.stop_requested),

@@ -135,11 +135,16 @@ def small_training(at: AppTest, epochs: int) -> AppTest:
     return at
 
 
-def test_training_completes_with_curves_a_confusion_matrix_and_a_saved_run(app_env: Path) -> None:
+def test_training_completes_with_curves_a_confusion_matrix_and_a_saved_run(app_env: Path, monkeypatch) -> None:
     at = small_training(page("pages/train.py"), epochs=2)
     button(at, "Train").click().run()
     assert button(at, "Train").disabled and button(at, "Stop")
     wait_job(lambda job: not job.active)
+
+    def not_in_the_server(*args, **kw):
+        raise AssertionError("the server loaded a model to draw the training's report")
+
+    monkeypatch.setattr(runs, "load_model", not_in_the_server)  # the trainer's saved report is drawn instead
     at.run()
     assert not at.exception
     assert at.success[0].value == "Trained 2 epochs."
@@ -153,6 +158,31 @@ def test_training_completes_with_curves_a_confusion_matrix_and_a_saved_run(app_e
     saved, broken = runs.list_runs(app_env)
     assert len(saved) == 1 and not broken and saved[0].model_config == ModelConfig(widths=(8,))
     assert at.session_state["active_run"] == str(saved[0].path)
+    assert not any("previous run" in i.value for i in at.info)
+    at.slider(key="w.train_config.epochs").set_value(3).run()  # new settings: the results are the previous run's
+    assert "**Your previous run**" in at.info[0].value and "epochs 2 (now 3)" in at.info[0].value
+
+
+def test_a_training_that_does_not_fit_in_memory_is_refused_before_it_starts(app_env: Path, monkeypatch) -> None:
+    from deconv import jobs
+
+    monkeypatch.setattr(jobs, "available_memory_bytes", lambda: 2**29)  # 512 MiB free
+    at = small_training(page("pages/train.py"), epochs=1)
+    assert "Not enough memory for this training" in at.error[0].value and "of the 0.5 GiB" in at.error[0].value
+    assert button(at, "Train").disabled
+    monkeypatch.setattr(jobs, "available_memory_bytes", lambda: 2**40)
+    at.run()
+    assert not at.error and not button(at, "Train").disabled
+
+
+def test_the_page_says_how_many_images_an_epoch_really_uses(app_env: Path) -> None:
+    at = small_training(page("pages/train.py"), epochs=1)  # 300 images in batches of 24: 288 used, close enough
+    assert not any("Each epoch uses" in c.value for c in at.caption)
+    at.slider(key="w.train_config.batch_size").set_value(256).run()  # one whole batch
+    assert any("Each epoch uses 256 of the 300" in c.value for c in at.caption)
+    at.slider(key="w.train_config.train_size").set_value(200).run()
+    at.slider(key="w.train_config.batch_size").set_value(40).run()  # 5 x 40: every image
+    assert not any("Each epoch uses" in c.value for c in at.caption)
 
 
 def test_a_runs_folder_that_cannot_be_written_still_shows_the_training_result(app_env: Path, monkeypatch) -> None:

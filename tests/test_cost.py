@@ -67,3 +67,17 @@ def test_estimated_epoch_time_scales_with_flops() -> None:
     small, article = describe(PRESETS["default"]), describe(PRESETS["article"])
     assert article.train_seconds_per_epoch(10_000) > 100 * small.train_seconds_per_epoch(10_000)
     assert article.train_seconds_per_epoch(10_000) > 3600  # hours, as measured
+
+
+def test_memory_estimate_matches_what_the_article_network_was_measured_to_take() -> None:
+    from deconv.config import PRESETS, TrainConfig
+
+    article, default = describe(PRESETS["article"]), describe(PRESETS["default"])
+    few = TrainConfig(train_size=100, val_size=100, epochs=1)
+    gib = 2**30
+    # measured peaks (cost.py): 5.1 GiB at batch 8, about 16 GiB at batch 64
+    assert 4 * gib < article.train_memory_bytes(few.replace(batch_size=8)) < 6.5 * gib
+    assert 13 * gib < article.train_memory_bytes(few.replace(batch_size=64)) < 20 * gib
+    assert article.train_memory_bytes(TrainConfig(batch_size=1024)) > 100 * gib  # refused on any ordinary machine
+    assert default.train_memory_bytes(TrainConfig()) < 2 * gib
+    assert article.eval_batch() < 8 <= 256 == default.eval_batch()  # checking the article's network goes a few at a time
