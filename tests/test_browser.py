@@ -37,12 +37,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
+def start_server(tmp: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
     """`streamlit run app.py` on a free port with synthetic data and an empty runs folder, once healthy."""
-    port = free_port()
-    env = {**os.environ, "DECONV_DATA_DIR": str(write_cifar(tmp / "data", test_per_class=30)),
+    port = port or free_port()
+    data = tmp / "data" / "cifar-10-batches-py"
+    env = {**os.environ, "DECONV_DATA_DIR": str(data if data.is_dir() else write_cifar(tmp / "data", test_per_class=30)),
            "DECONV_RUNS_DIR": str(tmp / "runs")}
-    log = open(tmp / "streamlit.log", "w")
+    log = open(tmp / "streamlit.log", "a")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.headless", "true", "--server.address", "127.0.0.1"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -258,3 +259,41 @@ def test_settings_in_a_link_are_clamped_with_a_note_and_follow_the_sliders(page,
     go(page, server, shared.removeprefix(server["url"] + "/"), "Parameters")
     assert parameters(page) == f"{describe(ModelConfig(widths=(256, 32))).params:,}"
     assert page.get_by_text("not allowed").count() == 0
+
+
+def width_slider_value(page) -> int:
+    return int(page.get_by_test_id("stSliderThumbValue").nth(1).inner_text())
+
+
+def test_quick_key_presses_on_a_slider_all_count(page, server) -> None:
+    go(page, server, "architecture", "Parameters")
+    page.get_by_role("button", name="Fast default").click()
+    page.wait_for_function("() => !location.search.includes('widths')")
+    page.get_by_role("slider").nth(1).focus()  # block 1 width: 32, in steps of 8
+    for i in range(8):
+        page.keyboard.press("ArrowRight")
+        time.sleep(0.1 * (i % 3))  # some presses together, some while the last one's rerun is under way
+    page.wait_for_function("() => location.search.includes('widths=96')", timeout=30_000)
+    time.sleep(2)  # any late rerun would have moved it back by now
+    assert width_slider_value(page) == 96 and "widths=96" in page.evaluate("location.search")
+    page.get_by_role("button", name="Fast default").click()
+
+
+def test_a_tab_left_open_across_a_server_restart_keeps_its_settings_model_and_next_change(page, tmp_path: Path) -> None:
+    port = free_port()
+    proc, url = start_server(tmp_path, port)
+    try:
+        page.goto(f"{url}/architecture?widths=16,32&epochs=3")
+        page.get_by_text("Parameters").first.wait_for()
+        time.sleep(1)
+        stop_server(proc)
+        proc, url = start_server(tmp_path, port)
+        time.sleep(3)  # the page reconnects to a server that has never seen its session
+        page.get_by_role("slider").nth(1).focus()  # block 1 width: 16
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function("() => location.search.includes('widths=24%2C32') || location.search.includes('widths=24,32')")
+        assert "epochs=3" in page.evaluate("location.search")
+        page.wait_for_function(f"() => document.body.innerText.includes('{describe(ModelConfig(widths=(24, 32))).params:,}')")
+        shot(page, "after-server-restart")
+    finally:
+        stop_server(proc)
