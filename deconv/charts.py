@@ -97,20 +97,20 @@ def confusion(matrix: np.ndarray, labels: Sequence[str]) -> go.Figure:
                      ticklabelstandoff=4)
     fig.update_xaxes(title_text="predicted class", tickmode="linear", tickangle=-45, constrain="domain",
                      automargin=True, ticks="", tickfont_size=12, ticklabelstandoff=4)
-    fig.update_layout(height=620, margin=dict(l=10, r=10, t=20, b=10), plot_bgcolor="white")
+    fig.update_layout(height=500, margin=dict(l=10, r=10, t=20, b=10), plot_bgcolor="white")
     return fig
 
 
 def per_class(accuracy: np.ndarray, labels: Sequence[str]) -> go.Figure:
-    """Bar chart of accuracy per class, each bar's percentage written inside its top (above it if it is short)."""
+    """Horizontal bars of accuracy per class, first class on top: names and percentages never overlap."""
     fig = go.Figure(go.Bar(
-        x=list(labels), y=accuracy, marker_color=TRAIN_COLOUR, text=[f"{a:.0%}" for a in accuracy],
-        textposition="auto", textangle=0, insidetextanchor="end", insidetextfont=dict(color=ON_DARK),
-        outsidetextfont=dict(color=INK), cliponaxis=False, hovertemplate="%{x}: %{y:.1%}<extra></extra>"))
-    fig.update_yaxes(range=[0, 1.08], tickformat=".0%", dtick=0.25, title_text="accuracy", automargin=True,
-                     ticklabelstandoff=4)
-    fig.update_xaxes(tickmode="linear", tickangle=-45, automargin=True, tickfont_size=12)
-    fig.update_layout(uniformtext=dict(minsize=11, mode="show"), height=400, margin=dict(l=10, r=10, t=20, b=10))
+        y=list(labels), x=accuracy, orientation="h", marker_color=TRAIN_COLOUR, text=[f"{a:.0%}" for a in accuracy],
+        textposition="outside", textfont=dict(color=INK, size=12), cliponaxis=False,
+        hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
+    fig.update_xaxes(range=[0, 1.15], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1], title_text="accuracy",
+                     automargin=True)
+    fig.update_yaxes(autorange="reversed", tickmode="linear", automargin=True, tickfont_size=12, ticklabelstandoff=4)
+    fig.update_layout(height=420, margin=dict(l=10, r=10, t=20, b=10), bargap=0.25)
     return fig
 
 

@@ -140,11 +140,11 @@ def label_names_of(meta: dict[str, Any]) -> list[str]:
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-def classify(model: Any, x: np.ndarray, label_names: list[str], k: int = 5) -> list[Prediction]:
-    """Top-k predictions for a batch of uint8 images (N, 32, 32, 3)."""
+def classify(model: Any, x: np.ndarray, label_names: list[str], k: int = 5, batch_size: int = 256) -> list[Prediction]:
+    """Top-k predictions for a batch of uint8 images (N, 32, 32, 3), `batch_size` at a time (memory: cost.eval_batch)."""
     from deconv.train import predict
 
-    return [top_k(p, label_names, k) for p in predict(model, x)]
+    return [top_k(p, label_names, k) for p in predict(model, x, batch_size)]
 
 
 def enlarge(view: Image.Image | np.ndarray, size: int = 128) -> Image.Image:

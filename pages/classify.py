@@ -10,6 +10,7 @@ import streamlit as st
 from PIL import Image
 
 from deconv import charts, data, inference, runs
+from deconv.cost import describe
 from pages import common
 from pages.common import ACTIVE_RUN
 
@@ -33,7 +34,7 @@ def test_images(path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return x, y, data.label_names(source)
 
 
-@st.cache_resource(max_entries=4, show_spinner=False)
+@st.cache_resource(max_entries=2, ttl=common.MODEL_TTL_SECONDS, show_spinner=False)
 def probe(path: str, mtime: float) -> Any:
     """A run's cached model, opened up to every block's output and the class scores."""
     from deconv import explain
@@ -126,6 +127,7 @@ except runs.RunError as e:
     st.error(f"This run cannot be used: {e}.")
     st.stop()
 labels = inference.label_names_of(run.meta)
+batch = describe(run.model_config).eval_batch()  # the article's network classifies a few images at a time
 
 upload_tab, cifar_tab = st.tabs(["Your pictures", "CIFAR-10 test images"])
 pictures: inference.Pictures = st.session_state.setdefault(PICTURES, inference.Pictures())
@@ -148,7 +150,7 @@ with upload_tab:
         note.caption(f"Your last {pictures.limit} pictures stay here while this tab is open, also when you visit "
                      "other pages; older ones are dropped.")
         clear.button("Clear pictures", icon=":material/delete:", on_click=pictures.clear)
-        predictions = inference.classify(model, pictures.views(), labels, k=len(labels))
+        predictions = inference.classify(model, pictures.views(), labels, k=len(labels), batch_size=batch)
         for picture, pred in zip(pictures, predictions):
             show(f"upload-{picture.number}-{picture.name}", picture.name, picture.preview, picture.view, pred, None,
                  run, labels)
@@ -170,6 +172,6 @@ with cifar_tab:
             st.error(f"{e}.")
             st.stop()
         pick = np.random.default_rng(st.session_state["sample_seed"]).choice(len(x), min(SAMPLES, len(x)), replace=False)
-        for i, pred in zip(pick, inference.classify(model, x[pick], labels, k=len(labels))):
+        for i, pred in zip(pick, inference.classify(model, x[pick], labels, k=len(labels), batch_size=batch)):
             show(f"test-{i}", f"test image {i}", inference.enlarge(x[i], 150), x[i], pred, test_labels[y[i]], run,
                  labels)

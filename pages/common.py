@@ -23,6 +23,7 @@ from deconv.cost import describe
 MODEL, TRAIN, ACTIVE_RUN, CLIENT = "model_config", "train_config", "active_run", "client"
 URL_NOTES = "url_notes"  # session key: what was clamped in the link this session was opened with
 SAVE_PROBLEM = "save_problem"  # session key: why the runs folder cannot take the next run
+MODEL_TTL_SECONDS = 900  # a loaded model nobody has used for this long is released (the article's holds 340 MB)
 PENDING_CHANGE = "pending_change"  # session key: a widget change to apply before the widgets are drawn
 CONFIG_CLASSES = {MODEL: ModelConfig, TRAIN: TrainConfig}
 CONFIG_FIELDS = {k: {f.name for f in dataclasses.fields(cls)} for k, cls in CONFIG_CLASSES.items()}
@@ -311,7 +312,7 @@ def config_error(state_key: str) -> None:
 # ---- models and runs
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading the model...")
+@st.cache_resource(max_entries=2, ttl=MODEL_TTL_SECONDS, show_spinner="Loading the model...")
 def load_model(path: str, mtime: float) -> Any:
     """A run's Keras model, cached per file version."""
     return runs.load_model(path)

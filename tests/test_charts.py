@@ -73,15 +73,14 @@ def test_confusion_hover_gives_the_share_of_the_true_class() -> None:
     assert "customdata" in fig.data[0].hovertemplate
 
 
-def test_per_class_writes_readable_percentages_with_room_above_the_bars() -> None:
+def test_per_class_writes_each_percentage_beside_its_class_without_overlap() -> None:
     accuracy = np.linspace(0.04, 1.0, 10)
     fig = charts.per_class(accuracy, LABELS)
     bar = fig.data[0]
-    assert list(bar.x) == LABELS and bar.text[-1] == "100%" and bar.text[0] == "4%"
-    assert bar.textposition == "auto" and bar.textangle == 0  # inside the bar, above it when it is too short
-    assert fig.layout.yaxis.range[1] > 1 and fig.layout.uniformtext.minsize >= 10
-    assert fig.layout.xaxis.automargin is True and fig.layout.xaxis.tickangle not in (None, 0)
-    assert fig.layout.yaxis.automargin is True
+    assert bar.orientation == "h" and list(bar.y) == LABELS  # names on their own lines, not slanted under bars
+    assert bar.text[-1] == "100%" and bar.text[0] == "4%" and bar.textposition == "outside"
+    assert fig.layout.xaxis.range[1] > 1.1  # room beside the longest bar for its label
+    assert fig.layout.yaxis.autorange == "reversed" and fig.layout.yaxis.automargin is True
 
 
 def history(start: float, epochs: int = 5) -> list[dict[str, float]]:
