@@ -1,6 +1,7 @@
 """Deconv Lab: declares the pages and the shared sidebar; each page lives in pages/."""
 
 import os
+from pathlib import Path
 
 import streamlit as st
 
@@ -8,7 +9,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is imported laz
 
 from pages import common  # noqa: E402
 
-st.set_page_config(page_title="Deconv Lab", page_icon=":material/blur_on:", layout="wide")
+# A local icon file (sent inline): a :material/ icon is fetched from Google's font servers, which fails offline.
+st.set_page_config(page_title="Deconv Lab", page_icon=str(Path(__file__).parent / "assets" / "favicon.svg"), layout="wide")
 common.init_state()
 page = common.navigation()
 common.sidebar()

@@ -107,7 +107,7 @@ def per_class(accuracy: np.ndarray, labels: Sequence[str]) -> go.Figure:
         y=list(labels), x=accuracy, orientation="h", marker_color=TRAIN_COLOUR, text=[f"{a:.0%}" for a in accuracy],
         textposition="outside", textfont=dict(color=INK, size=12), cliponaxis=False,
         hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
-    fig.update_xaxes(range=[0, 1.15], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1], title_text="accuracy",
+    fig.update_xaxes(range=[0, 1.2], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1], title_text="accuracy",
                      automargin=True)
     fig.update_yaxes(autorange="reversed", tickmode="linear", automargin=True, tickfont_size=12, ticklabelstandoff=4)
     fig.update_layout(height=420, margin=dict(l=10, r=10, t=20, b=10), bargap=0.25)

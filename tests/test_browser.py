@@ -297,3 +297,21 @@ def test_a_tab_left_open_across_a_server_restart_keeps_its_settings_model_and_ne
         shot(page, "after-server-restart")
     finally:
         stop_server(proc)
+
+
+def test_no_page_asks_for_anything_outside_the_server(page, server) -> None:
+    outside: list[str] = []
+
+    def record(request) -> None:
+        if not request.url.startswith((server["url"], "data:", "blob:")):
+            outside.append(request.url)
+
+    page.on("request", record)
+    try:
+        for path, ready in [("", "The idea"), ("architecture", "Parameters"), ("train", "Batch size"),
+                            ("classify", "Classify"), ("runs", "Runs")]:
+            go(page, server, path, ready)
+            time.sleep(1)
+    finally:
+        page.remove_listener("request", record)
+    assert outside == []  # offline, each of these would be a failed fetch in the console
