@@ -173,21 +173,27 @@ def _to_text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _shown(text: str, quoted: bool = True, most: int = 40) -> str:
+    """A value from a link as a note quotes it: shortened, so a long one cannot fill the page."""
+    short = text if len(text) <= most else text[:most] + "..."
+    return repr(short) if quoted else short
+
+
 def _from_text(name: str, text: str, typ: type, s: Spec, default: Any) -> tuple[Any, str | None]:
     """One value parsed from URL text and clamped to its Spec, with a note when it was changed."""
     if s.choices:
-        return (text, None) if text in s.choices else (default, f"{name}={text!r} is not {s.describe()}: using {default}")
+        return (text, None) if text in s.choices else (default, f"{name}={_shown(text)} is not {s.describe()}: using {default}")
     if typ is bool:
         if text.lower() in ("true", "false"):
             return text.lower() == "true", None
-        return default, f"{name}={text!r} is not true or false: using {str(default).lower()}"
+        return default, f"{name}={_shown(text)} is not true or false: using {str(default).lower()}"
     parts = text.split(",") if s.min_len is not None else [text]
     try:
         numbers = [float(p) for p in parts]
         if not all(math.isfinite(v) for v in numbers) or not numbers:
             raise ValueError
     except ValueError:
-        return default, f"{name}={text!r} is not {'a list of numbers' if s.min_len else 'a number'}: using {_to_text(default)}"
+        return default, f"{name}={_shown(text)} is not {'a list of numbers' if s.min_len else 'a number'}: using {_to_text(default)}"
     clamped = [min(max(v, s.low), s.high) for v in numbers]  # type: ignore[type-var]
     if typ is int or s.min_len is not None:
         clamped = [int(round(v / s.step) * s.step) if s.step > 1 else int(round(v)) for v in clamped]
@@ -195,7 +201,7 @@ def _from_text(name: str, text: str, typ: type, s: Spec, default: Any) -> tuple[
     value: Any = tuple(clamped[: s.max_len]) if s.min_len is not None else clamped[0]
     changed = value != (tuple(numbers) if s.min_len is not None else numbers[0])
     allowed = s.describe() + (f" in steps of {s.step}" if s.step > 1 else "")
-    return value, (f"{name}={text} is not allowed ({allowed}): using {_to_text(value)}" if changed else None)
+    return value, (f"{name}={_shown(text, quoted=False)} is not allowed ({allowed}): using {_to_text(value)}" if changed else None)
 
 
 _TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}

@@ -1,8 +1,12 @@
-"""A trained run is a directory: model.keras, config.json, history.json, meta.json.
+"""A trained run is a directory: model.keras, config.json, history.json, meta.json (and report.json).
 
 Saving writes a sibling temporary directory and renames it into place, so a failed save (a full
 disk, a read-only folder) leaves no half-written run. Reading the small JSON files lists runs
-without TensorFlow; loading the model uses Keras' safe mode.
+without TensorFlow, each checked against a typed schema: a run a visitor uploaded can be refused
+or listed as broken, never break a page. A model is never deserialised from its file's own
+architecture: it is rebuilt from the run's config.json (bounded by ModelConfig) and only the
+weights are read, and an uploaded run's weights are read first in a child process with a memory
+limit and a timeout.
 """
 
 from __future__ import annotations
@@ -11,41 +15,202 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import platform
 import re
+import resource
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 import zipfile
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from deconv.config import ModelConfig, TrainConfig
+from deconv.config import NUM_CLASSES, ModelConfig, TrainConfig
+from deconv.cost import describe
 
 RUNS_DIR_ENV = "DECONV_RUNS_DIR"
+QUOTA_ENV = "DECONV_RUNS_QUOTA"  # bytes the runs folder may hold (suffixes K, M, G), stopped runs included
+FOLDER_IMPORT_ENV = "DECONV_ALLOW_FOLDER_IMPORT"  # folders (separated by ':') a run may be imported from; unset: none
+DEFAULT_QUOTA = 5 * 2**30
 FILES = ("model.keras", "config.json", "history.json", "meta.json")
+OPTIONAL_FILES = ("report.json",)
+MAX_JSON_BYTES = 1 << 20  # a run's JSON files are a few kB; larger ones are not parsed
+MODEL_MEMBERS = {"config.json": 1 << 20, "metadata.json": 1 << 16}  # what Keras writes in model.keras, capped;
+WEIGHTS_MEMBER = "model.weights.h5"  # ... and the weights, capped by what the run's network can hold
+LEFTOVER_SECONDS = 15 * 60  # a hidden temporary folder older than this is a crashed save or import: swept
+CHECK_SECONDS = 300  # an uploaded run's weights must load within this (the article's take about 10 s)
+CLASS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _-]{0,31}")  # label names shown to every visitor: plain words only
+STANDARD_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 class RunError(Exception):
     """A run directory is missing, incomplete or corrupt; the message names the file."""
 
 
+def _text(data: dict[str, Any], key: str, default: str = "", most: int = 300) -> str:
+    """A string field, shortened; RunError if it has another type."""
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise RunError(f"meta.json: {key} must be text, not {type(value).__name__}")
+    return value[:most]
+
+
+def _number(data: dict[str, Any], key: str, typ: type = float, low: float = 0.0, high: float = math.inf,
+            default: Any = None) -> Any:
+    """A finite number field within [low, high], or the default when absent or null; RunError otherwise."""
+    value = data.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high or (typ is int and not float(value).is_integer()):
+        raise RunError(f"meta.json: {key}={str(value)[:40]!r} must be a {'whole ' if typ is int else ''}number "
+                       f"from {low:g} to {high:g}")
+    return typ(value)
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """Where a run's images came from."""
+
+    path: str = ""
+    found_by: str = ""
+    train_size: int = 0
+    val_size: int = 0
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """meta.json, typed and checked: how training ended, what it cost, what it was trained on, by whom."""
+
+    status: str = "finished"
+    message: str = ""
+    saved_at: str = ""
+    train_seconds: float = 0.0
+    wall_seconds: float | None = None
+    epochs_completed: int | None = None
+    params: int | None = None
+    flops: int | None = None
+    label_names: tuple[str, ...] = STANDARD_LABELS
+    data: DataInfo = field(default_factory=DataInfo)
+    seed: int | None = None
+    val_accuracy: float | None = None
+    strategy: str = "none"
+    replicas: int = 1
+    xla: bool = True
+    versions: dict[str, str] = field(default_factory=dict)
+    owner: str = ""  # the browser id that trained or imported the run; empty: the operator's (the command line)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "RunMeta":
+        """Check a parsed meta.json; RunError names the first field that is wrong."""
+        if not isinstance(data, dict):
+            raise RunError("meta.json has the wrong shape: it must be a JSON object")
+        labels = data.get("label_names", list(STANDARD_LABELS))
+        if not (isinstance(labels, list) and len(labels) == NUM_CLASSES
+                and all(isinstance(v, str) and CLASS_NAME.fullmatch(v) for v in labels)):
+            raise RunError(f"meta.json: label_names must be {NUM_CLASSES} plain class names (letters, digits, "
+                           "spaces, _ and -)")
+        versions = data.get("versions", {})
+        if not isinstance(versions, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in versions.items()) or len(versions) > 20:
+            raise RunError("meta.json: versions must map library names to version text")
+        found = data.get("data") or {}
+        if not isinstance(found, dict):
+            raise RunError("meta.json: data must be a JSON object")
+        xla = data.get("xla", True)
+        if not isinstance(xla, bool):
+            raise RunError("meta.json: xla must be true or false")
+        saved_at = _text(data, "saved_at", most=40)
+        if saved_at and _parse_time(saved_at) is None:
+            raise RunError(f"meta.json: saved_at={saved_at!r} is not a date and time")
+        return cls(status=_text(data, "status", "finished", 20), message=_text(data, "message"), saved_at=saved_at,
+                   train_seconds=_number(data, "train_seconds", default=0.0),
+                   wall_seconds=_number(data, "wall_seconds"),
+                   epochs_completed=_number(data, "epochs_completed", int, 0, 10_000),
+                   params=_number(data, "params", int), flops=_number(data, "flops", int),
+                   label_names=tuple(labels),
+                   data=DataInfo(_text(found, "path", most=4096), _text(found, "found_by", most=100),
+                                 _number(found, "train_size", int, default=0), _number(found, "val_size", int, default=0)),
+                   seed=_number(data, "seed", int), val_accuracy=_number(data, "val_accuracy", high=1.0),
+                   strategy=_text(data, "strategy", "none", 20), replicas=_number(data, "replicas", int, 1, 1e6, 1),
+                   xla=xla, versions={k[:40]: v[:40] for k, v in versions.items()}, owner=_text(data, "owner", most=64))
+
+
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds", "elapsed")
+
+
+def _history(data: Any) -> list[dict[str, Any]]:
+    """Check a parsed history.json: one object per epoch with numeric figures; other keys are dropped."""
+    if not isinstance(data, list) or len(data) > 1000 or not all(isinstance(e, dict) for e in data):
+        raise RunError("history.json has the wrong shape: it must be a list of epochs")
+    out = []
+    for entry in data:
+        epoch = _number(entry, "epoch", int, 1, 1000)
+        if epoch is None:
+            raise RunError("history.json: every entry needs its epoch number")
+        record: dict[str, Any] = {"epoch": epoch}
+        for key in HISTORY_KEYS:
+            value = entry.get(key)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise RunError(f"history.json: {key} of epoch {epoch} must be a number")
+                record[key] = float(value)
+        if entry.get("partial") is True:
+            record["partial"] = True
+        out.append(record)
+    return out
+
+
+def _parse_time(text: str) -> datetime | None:
+    """A saved_at time (ISO 8601 as save_run writes it), or None."""
+    for form in ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            moment = datetime.strptime(text, form)
+            return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+    return None
+
+
 @dataclass
 class RunInfo:
-    """What a run directory says about itself, read without loading the model."""
+    """What a run directory says about itself, read and checked without loading the model."""
 
     path: Path
     model_config: ModelConfig
     train_config: TrainConfig
     history: list[dict[str, Any]]
-    meta: dict[str, Any]
+    meta: RunMeta
 
     @property
     def name(self) -> str:
         """The directory name."""
         return self.path.name
+
+    @property
+    def model_path(self) -> Path:
+        """The model file."""
+        return self.path / "model.keras"
+
+    @property
+    def version(self) -> float:
+        """The model file's modification time: a new value whenever the model is replaced (for caches)."""
+        return self.model_path.stat().st_mtime
+
+    @property
+    def saved(self) -> float:
+        """When the run was saved (seconds since the epoch): saved_at, never later than the model file itself."""
+        moment = _parse_time(self.meta.saved_at)
+        stamp = self.version
+        return min(moment.timestamp(), stamp) if moment else stamp
 
     @property
     def best_val_accuracy(self) -> float | None:
@@ -62,13 +227,17 @@ class RunInfo:
     @property
     def val_accuracy(self) -> float | None:
         """Validation accuracy of the saved weights (None if they were not validated)."""
-        value = self.meta.get("val_accuracy")
-        return float(value) if isinstance(value, (int, float)) else None
+        return self.meta.val_accuracy
+
+    @property
+    def epochs_completed(self) -> int:
+        """Complete epochs trained."""
+        return self.meta.epochs_completed if self.meta.epochs_completed is not None else len(self.history)
 
     @property
     def model_bytes(self) -> int:
         """Size of model.keras on disk."""
-        return (self.path / "model.keras").stat().st_size
+        return self.model_path.stat().st_size
 
     def history_csv(self) -> str:
         """The per-epoch history as CSV text."""
@@ -111,10 +280,13 @@ def new_run_dir(root: str | os.PathLike[str], model_config: ModelConfig) -> Path
 
 def run_in(root: str | os.PathLike[str], name: str) -> Path | None:
     """The run called `name` directly under root, or None (names from a URL are not trusted)."""
-    if not name or name != Path(name).name or name.startswith("."):
+    if not name or len(name) > 255 or name != Path(name).name or name.startswith(".") or "\x00" in name:
         return None
     path = Path(root) / name
-    return path if (path / "model.keras").is_file() else None
+    try:
+        return path if (path / "model.keras").is_file() else None
+    except OSError:  # a name the file system refuses
+        return None
 
 
 def library_versions() -> dict[str, str]:
@@ -164,13 +336,40 @@ def save_run(run_dir: str | os.PathLike[str], model: Any, model_config: ModelCon
 
 
 def _read_json(path: Path) -> Any:
-    """Parse a JSON file, or RunError naming it."""
+    """Parse a run's JSON file (at most MAX_JSON_BYTES), or RunError naming it."""
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise RunError(f"{path.parent.name}: {path.name} is larger than {MAX_JSON_BYTES // 1024} kB")
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise RunError(f"{path.parent.name}: {path.name} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunError(f"{path.parent.name}: {path.name} is not valid JSON ({e})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise RunError(f"{path.parent.name}: {path.name} is not valid JSON ({str(e)[:200]})") from None
+
+
+def weights_limit(model_config: ModelConfig) -> int:
+    """The most bytes the weights file of this network may take: its weights, Adam's two moments, and room."""
+    return 3 * describe(model_config).param_bytes + (1 << 20)
+
+
+def model_file_problem(path: Path, model_config: ModelConfig) -> str | None:
+    """What is wrong with a model.keras as a zip of what Keras writes (sizes within bounds), or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+        return f"model.keras is not a readable Keras file ({str(e)[:200]})"
+    caps = {**MODEL_MEMBERS, WEIGHTS_MEMBER: weights_limit(model_config)}
+    unexpected = sorted(set(members) - set(caps))
+    if unexpected:
+        return f"model.keras holds files Keras does not write: {', '.join(n[:60] for n in unexpected[:3])}"
+    if WEIGHTS_MEMBER not in members or "config.json" not in members:
+        return "model.keras has no weights"
+    for name, info in members.items():
+        if info.file_size > caps[name] or info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED,
+                                                                                            zipfile.ZIP_DEFLATED):
+            return f"model.keras: {name} is too large for this network, encrypted or compressed in an unknown way"
+    return None
 
 
 def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
@@ -185,24 +384,67 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
         model_config = ModelConfig.from_dict(config["model"])
         train_config = TrainConfig.from_dict(config["train"])
     except (KeyError, TypeError, ValueError) as e:
-        raise RunError(f"{path.name}: config.json is invalid ({e})") from None
-    history = _read_json(path / "history.json")
-    meta = _read_json(path / "meta.json")
-    if not isinstance(history, list) or not all(isinstance(e, dict) for e in history) or not isinstance(meta, dict):
-        raise RunError(f"{path.name}: history.json or meta.json has the wrong shape")
+        raise RunError(f"{path.name}: config.json is invalid ({str(e)[:300]})") from None
+    try:
+        history = _history(_read_json(path / "history.json"))
+        meta = RunMeta.from_json(_read_json(path / "meta.json"))
+    except RunError as e:
+        raise RunError(str(e) if str(e).startswith(path.name) else f"{path.name}: {e}") from None
+    problem = model_file_problem(path / "model.keras", model_config)
+    if problem:
+        raise RunError(f"{path.name}: {problem}")
     return RunInfo(path, model_config, train_config, history, meta)
 
 
 def load_model(run_dir: str | os.PathLike[str]) -> Any:
-    """The run's Keras model, loaded in safe mode (no arbitrary code such as Lambda layers)."""
-    import keras
+    """The run's network, rebuilt from its config.json, with the weights of its model.keras (no other part read)."""
+    from deconv.model import build_model
 
     info = read_run(run_dir)
+    model = build_model(info.model_config)
     try:
-        return keras.saving.load_model(info.path / "model.keras", safe_mode=True)
-    except (ValueError, OSError, TypeError, KeyError, AttributeError, zipfile.BadZipFile) as e:
+        model.load_weights(info.model_path)
+    except (ValueError, OSError, TypeError, KeyError, AttributeError, zipfile.BadZipFile, EOFError, zlib.error) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunError(f"{info.name}: model.keras cannot be loaded safely ({first[:300]})") from None
+        raise RunError(f"{info.name}: model.keras cannot be loaded: its weights do not fit the network its "
+                       f"config.json describes ({first[:300]})") from None
+    return model
+
+
+_listed: dict[Path, tuple[Any, RunInfo | RunError]] = {}  # shared by every session on purpose: a cache by file times
+_listed_lock = threading.Lock()
+
+
+def _stamp(path: Path) -> tuple[tuple[int, int], ...]:
+    """Modification times and sizes of a run's files: a new value whenever one of them changes."""
+    stamps = []
+    for file in (*FILES, *OPTIONAL_FILES):
+        try:
+            st = (path / file).stat()
+            stamps.append((st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            stamps.append((0, -1))
+    return tuple(stamps)
+
+
+def _read_cached(path: Path) -> RunInfo:
+    """read_run, parsed again only when one of the run's files changed."""
+    stamp = _stamp(path)
+    with _listed_lock:
+        hit = _listed.get(path)
+    if hit is None or hit[0] != stamp:
+        try:
+            result: RunInfo | RunError = read_run(path)
+        except RunError as e:
+            result = e
+        with _listed_lock:
+            _listed[path] = (stamp, result)
+            for gone in [p for p in _listed if not p.exists()]:
+                del _listed[gone]
+        hit = (stamp, result)
+    if isinstance(hit[1], RunError):
+        raise hit[1]
+    return hit[1]
 
 
 def list_runs(root: str | os.PathLike[str] | None = None) -> tuple[list[RunInfo], list[tuple[Path, str]]]:
@@ -219,12 +461,12 @@ def list_runs(root: str | os.PathLike[str] | None = None) -> tuple[list[RunInfo]
         try:
             if not any(path.iterdir()):
                 continue  # a name reserved by new_run_dir for a training still under way
-            good.append(read_run(path))
+            good.append(_read_cached(path))
         except RunError as e:
             bad.append((path, str(e)))
         except OSError as e:
             bad.append((path, f"cannot be read: {e.strerror or e}"))
-    good.sort(key=lambda r: str(r.meta.get("saved_at", "")), reverse=True)
+    good.sort(key=lambda r: r.saved, reverse=True)
     return good, bad
 
 
@@ -236,20 +478,94 @@ def delete_run(run_dir: str | os.PathLike[str]) -> None:
     shutil.rmtree(path)
 
 
-MAX_IMPORT_BYTES = 2**30  # an imported run may unpack to at most 1 GiB (the article's model is about 340 MB)
+def may_delete(info: RunInfo, visitor: str) -> bool:
+    """Whether a visitor may delete a run: their own, or any when the operator allows it (DECONV_ALLOW_DELETE_ALL=1)."""
+    return os.environ.get("DECONV_ALLOW_DELETE_ALL") == "1" or (bool(info.meta.owner) and info.meta.owner == visitor)
+
+
+# ---- the runs folder's size
+
+
+def quota_bytes() -> int:
+    """DECONV_RUNS_QUOTA (bytes, or with a K, M or G suffix), or DEFAULT_QUOTA."""
+    text = os.environ.get(QUOTA_ENV, "").strip().upper()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMG]?)I?B?", text)
+    if not match:
+        return DEFAULT_QUOTA
+    return int(float(match.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[match.group(2)])
+
+
+def folder_bytes(root: str | os.PathLike[str]) -> int:
+    """Bytes of every file under the runs folder (hidden work folders included)."""
+    total = 0
+    for folder, _, files in os.walk(root):
+        for file in files:
+            try:
+                total += os.lstat(os.path.join(folder, file)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def room_problem(root: str | os.PathLike[str], needed: int) -> str | None:
+    """Why the runs folder cannot take `needed` more bytes under its quota, or None."""
+    used, quota = folder_bytes(root), quota_bytes()
+    if used + needed <= quota:
+        return None
+    return (f"the runs folder is full: {used / 2**20:,.0f} MiB used of its {quota / 2**20:,.0f} MiB, and this needs "
+            f"about {needed / 2**20:,.0f} MiB more; delete runs you no longer need on the Runs page")
+
+
+def run_bytes(model_config: ModelConfig) -> int:
+    """About how many bytes a saved run of this network takes (weights and optimizer state dominate)."""
+    return weights_limit(model_config)
+
+
+def sweep_leftovers(root: str | os.PathLike[str], older_than: float = LEFTOVER_SECONDS) -> list[Path]:
+    """Remove hidden temporary folders of saves and imports that crashed (older than `older_than` seconds)."""
+    swept = []
+    try:
+        candidates = [p for p in Path(root).iterdir() if p.name.startswith(".") and p.name != ".jobs" and p.is_dir()]
+    except OSError:
+        return swept
+    for path in candidates:
+        try:
+            if time.time() - path.stat().st_mtime > older_than:
+                shutil.rmtree(path, ignore_errors=True)
+                swept.append(path)
+        except OSError:
+            continue
+    return swept
+
+
+# ---- importing a run from a visitor
+
+
+MAX_IMPORT_BYTES = 2**30  # an imported run may unpack to at most 1 GiB (the article's model is about 1 GB with Adam)
+MAX_ZIP_MEMBERS = 64
 
 
 def _zip_members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
-    """The run files of a zip (at its top or inside one folder), checked for unsafe names and sizes."""
+    """The run files of a zip (at its top or inside one folder), checked for unsafe names, other files and sizes."""
+    infos = archive.infolist()
+    if len(infos) > MAX_ZIP_MEMBERS:
+        raise RunError(f"the zip holds {len(infos)} files: a run has {len(FILES)} (zip one run folder)")
     members: dict[str, zipfile.ZipInfo] = {}
-    for info in archive.infolist():
+    for info in infos:
         parts = Path(info.filename).parts
-        if info.filename.startswith("/") or ".." in parts:
-            raise RunError(f"the zip holds an unsafe path: {info.filename}")
-        if info.is_dir() or parts[-1] not in FILES or len(parts) > 2:
+        if info.filename.startswith("/") or ".." in parts or "\\" in info.filename:
+            raise RunError(f"the zip holds an unsafe path: {info.filename[:80]}")
+        if info.is_dir():
             continue
+        if parts[-1] not in (*FILES, *OPTIONAL_FILES) or len(parts) > 2:
+            raise RunError(f"the zip holds a file a run does not have: {info.filename[:80]} (a run is "
+                           f"{', '.join(FILES)})")
         if parts[-1] in members:
             raise RunError(f"the zip holds more than one {parts[-1]}: zip one run folder")
+        if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise RunError(f"{parts[-1]} in the zip is encrypted or compressed in a way this app does not read")
+        if parts[-1] != "model.keras" and info.file_size > MAX_JSON_BYTES:
+            raise RunError(f"{parts[-1]} in the zip is larger than {MAX_JSON_BYTES // 1024} kB")
         members[parts[-1]] = info
     missing = [f for f in FILES if f not in members]
     if missing:
@@ -259,42 +575,123 @@ def _zip_members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     return members
 
 
-def import_run(source: str | os.PathLike[str] | bytes, root: str | os.PathLike[str], name: str) -> Path:
-    """Copy a run (a run folder, or the bytes of a .zip of one) under root, checked and loaded in safe mode first."""
+def folder_import_roots() -> list[Path]:
+    """The folders on this server a visitor may import runs from (DECONV_ALLOW_FOLDER_IMPORT); none by default."""
+    return [Path(p).resolve() for p in os.environ.get(FOLDER_IMPORT_ENV, "").split(os.pathsep) if p.strip()]
+
+
+def _allowed_folder(folder: str | os.PathLike[str]) -> Path:
+    """The folder to import from, if it lies under an allowed root; one message for every other case (no probing)."""
+    refused = RunError("that folder cannot be imported: folder import is off on this server, or the folder is not "
+                       "under the folders its operator allowed")
+    roots = folder_import_roots()
+    if not roots or not str(folder).startswith("/"):
+        raise refused
+    path = Path(folder).resolve()
+    if not any(path == root or root in path.parents for root in roots) or not path.is_dir():
+        raise refused
+    return path
+
+
+def _unpack(source: str | os.PathLike[str] | bytes, tmp: Path, name: str) -> None:
+    """Write a run's files from a zip's bytes or an allowed folder into tmp, bounded in number and size."""
+    if isinstance(source, (bytes, bytearray)):
+        try:
+            with zipfile.ZipFile(io.BytesIO(source)) as archive:
+                for file, info in _zip_members(archive).items():
+                    with archive.open(info) as src, open(tmp / file, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, NotImplementedError,
+                RuntimeError, ValueError) as e:  # a damaged zip, an unknown method, an encrypted member
+            raise RunError(f"{name} is not a readable zip file ({str(e)[:200]})") from None
+        return
+    folder = _allowed_folder(source)
+    for file in (*FILES, *OPTIONAL_FILES):
+        src = folder / file
+        if src.is_symlink():
+            raise RunError(f"{file} in that folder is a link: copy the run folder itself")
+        if src.is_file():
+            if src.stat().st_size > (MAX_IMPORT_BYTES if file == "model.keras" else MAX_JSON_BYTES):
+                raise RunError(f"{file} in that folder is too large for a run")
+            shutil.copyfile(src, tmp / file)
+    missing = [f for f in FILES if not (tmp / f).is_file()]
+    if missing:
+        raise RunError(f"that folder is not a run: {', '.join(missing)} missing")
+
+
+def check_memory_limit(model_config: ModelConfig) -> int:
+    """Address space a child checking an uploaded run may use: TensorFlow's own, and room for the weights."""
+    return 6 * 2**30 + 8 * describe(model_config).param_bytes
+
+
+def check_in_child(run_dir: Path, model_config: ModelConfig) -> None:
+    """Load the run's weights into its rebuilt network in a child process (memory limit, timeout), which then
+    writes a clean model.keras of its own; RunError with the child's reason if it cannot."""
+    limit = check_memory_limit(model_config)
+
+    def bounded() -> None:  # in the child, before it runs: a hostile file runs out of memory there, not here
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    try:
+        done = subprocess.run([sys.executable, "-m", "deconv.runcheck", str(run_dir)], capture_output=True,
+                              text=True, timeout=CHECK_SECONDS, preexec_fn=bounded,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    except subprocess.TimeoutExpired:
+        raise RunError(f"its weights did not load within {CHECK_SECONDS} s") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+        why = lines[-1].removeprefix("error: ") if lines else (
+            "it ran out of memory" if done.returncode < 0 or "MemoryError" in done.stderr else
+            f"the check ended with exit code {done.returncode}")
+        raise RunError(why)
+
+
+def import_run(source: str | os.PathLike[str] | bytes, root: str | os.PathLike[str], name: str,
+               owner: str = "") -> Path:
+    """Add a run (the bytes of a .zip of one, or a folder under an allowed root) under root, checked first.
+
+    Its JSON files are checked against the schema; its model.keras must hold only what Keras writes; the
+    weights are loaded into the network its config.json describes in a child process, which writes the
+    model.keras that is kept. Whatever fails, nothing is left behind.
+    """
     root = Path(root)
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(name).name.removesuffix(".zip")).strip(".-") or "imported"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(name).name.removesuffix(".zip"))[:80].strip(".-") or "imported"
+    size = len(source) if isinstance(source, (bytes, bytearray)) else 0
     try:
         root.mkdir(parents=True, exist_ok=True)
+        problem = room_problem(root, size)
+        if problem:
+            raise RunError(problem)
         tmp = Path(tempfile.mkdtemp(prefix=".import.", dir=root))
     except OSError as e:
         raise RunError(f"cannot create the run in {root}: {e.strerror or e}") from None
     try:
-        if isinstance(source, (bytes, bytearray)):
-            try:
-                with zipfile.ZipFile(io.BytesIO(source)) as archive:
-                    for file, info in _zip_members(archive).items():
-                        with archive.open(info) as src, open(tmp / file, "wb") as dst:
-                            shutil.copyfileobj(src, dst)
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
-                raise RunError(f"{name} is not a readable zip file ({e})") from None
-        else:
-            folder = Path(source)
-            info = read_run(folder)  # before copying anything big
-            for file in FILES:
-                shutil.copyfile(info.path / file, tmp / file)
-        load_model(tmp)  # refuses what safe mode refuses (a Lambda layer), and damaged files
+        _unpack(source, tmp, name)
+        info = read_run(tmp)
+        problem = room_problem(root, 0)  # the unpacked files are under root already
+        if problem:
+            raise RunError(problem)
+        check_in_child(tmp, info.model_config)
+        meta = json.loads((tmp / "meta.json").read_text())
+        meta["owner"] = owner  # who imported it may delete it
+        _write_json(tmp / "meta.json", meta)
         for n in range(1, 1000):
             target = root / (stem if n == 1 else f"{stem}_{n}")
-            if not target.exists():
-                tmp.rename(target)
-                return target
+            try:
+                target.mkdir()  # reserve the name atomically (another server may share the folder) ...
+            except FileExistsError:
+                continue
+            tmp.rename(target)  # ... and take its place: renaming onto an empty folder replaces it
+            return target
         raise RunError(f"no free run directory name under {root}")
     except RunError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise RunError(str(e).replace(tmp.name, name)) from None
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise RunError(f"could not import {name}: {e.strerror or e}") from None
+    except RecursionError:
+        raise RunError(f"{name}: a JSON file is nested too deeply") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when the import succeeded (renamed into place)
 
 
 def runs_csv(infos: list[RunInfo]) -> str:
@@ -307,8 +704,8 @@ def runs_csv(infos: list[RunInfo]) -> str:
                      "params", *model_keys, *train_keys, "data", "saved_at"])
     for r in infos:
         model, train = r.model_config.to_dict(), r.train_config.to_dict()
-        writer.writerow([r.name, r.meta.get("status", ""), r.val_accuracy, r.best_val_accuracy,
-                         r.meta.get("epochs_completed", len(r.history)), r.meta.get("train_seconds"),
-                         r.meta.get("params"), *("-".join(map(str, v)) if isinstance(v, list) else v for v in model.values()),
-                         *train.values(), (r.meta.get("data") or {}).get("found_by", ""), r.meta.get("saved_at", "")])
+        writer.writerow([r.name, r.meta.status, r.val_accuracy, r.best_val_accuracy, r.epochs_completed,
+                         r.meta.train_seconds, r.meta.params,
+                         *("-".join(map(str, v)) if isinstance(v, list) else v for v in model.values()),
+                         *train.values(), r.meta.data.found_by, r.meta.saved_at])
     return out.getvalue()

@@ -132,6 +132,9 @@ def start_training() -> None:
     """Queue a training job for this browser with the session's settings (one job at a time)."""
     model_config = st.session_state[MODEL]
     st.session_state.pop(SAVE_PROBLEM, None)
+    if problem := runs.room_problem(runs_dir(), runs.run_bytes(model_config)):
+        st.session_state[SAVE_PROBLEM] = f"Not started: {problem}"
+        return
     try:
         run_dir = runs.new_run_dir(runs_dir(), model_config)
     except runs.RunError as e:  # train anyway: the result is shown even if the model cannot be kept
@@ -178,6 +181,7 @@ def job_manager() -> Any:
     """The one JobManager of this server, shared by all sessions on purpose: it holds the training-slot cap."""
     from deconv.jobs import JobManager, max_jobs_from_env
 
+    runs.sweep_leftovers(runs_dir())  # saves and imports a crash left half-done
     manager = JobManager(runs_dir() / ".jobs", max_jobs=max_jobs_from_env(), is_alive=_session_alive)
     atexit.register(manager.shutdown)
     return manager
@@ -320,7 +324,7 @@ def load_model(path: str, mtime: float) -> Any:
 
 def model_for(run: runs.RunInfo) -> Any:
     """The cached model of a run."""
-    return load_model(str(run.path), (run.path / "model.keras").stat().st_mtime)
+    return load_model(str(run.path), run.version)
 
 
 def active_run() -> runs.RunInfo | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -18,13 +19,13 @@ METRICS = {"validation accuracy": "val_accuracy", "validation loss": "val_loss",
 
 def run_row(r: runs.RunInfo) -> dict[str, object]:
     """One table row for a run."""
-    return {"run": r.name, "status": r.meta.get("status", "?"), "blocks": "-".join(map(str, r.model_config.widths)),
-            "head": r.model_config.head, "parameters": r.meta.get("params"),
-            "epochs": r.meta.get("epochs_completed", len(r.history)), "train images": r.train_config.train_size,
+    return {"run": r.name, "status": r.meta.status, "blocks": "-".join(map(str, r.model_config.widths)),
+            "head": r.model_config.head, "parameters": r.meta.params,
+            "epochs": r.epochs_completed, "train images": r.train_config.train_size,
             "saved model val acc": r.val_accuracy, "best epoch": r.best_epoch,
             "best epoch val acc": r.best_val_accuracy,
-            "training time": r.meta.get("train_seconds", 0), "model size": r.model_bytes / 2**20,
-            "saved": r.meta.get("saved_at", "")[:16].replace("T", " ")}
+            "training time": r.meta.train_seconds, "model size": r.model_bytes / 2**20,
+            "saved": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.saved))}
 
 
 COLUMNS = {
@@ -46,8 +47,10 @@ COLUMNS = {
 
 
 def delete(path: str) -> None:
-    """on_click: delete a run (after the confirmation box was ticked)."""
+    """on_click: delete a run (after the confirmation box was ticked), if this visitor may."""
     try:
+        if not runs.may_delete(runs.read_run(path), common.owner()):
+            raise runs.RunError("only whoever trained or imported a run can delete it")
         runs.delete_run(path)
         st.toast(f"Deleted {Path(path).name}.", icon=":material/delete:")
     except (runs.RunError, OSError) as e:
@@ -70,8 +73,9 @@ def import_run() -> None:
     """on_click: import the uploaded zip or the named folder into the runs folder."""
     upload, folder = st.session_state.get("import.zip"), st.session_state.get("import.folder", "").strip()
     try:
-        source = upload.getvalue() if upload else Path(folder).expanduser()
-        added = runs.import_run(source, common.runs_dir(), upload.name if upload else Path(folder).name)
+        source = upload.getvalue() if upload else folder
+        added = runs.import_run(source, common.runs_dir(), upload.name if upload else Path(folder).name,
+                                owner=common.owner())
         st.session_state["import.outcome"] = f"Imported as **{added.name}**."
     except runs.RunError as e:
         st.session_state["import.outcome"] = f"Not imported: {e}."
@@ -87,13 +91,16 @@ if message := st.session_state.pop("runs.error", None):
 
 saved, broken = runs.list_runs(common.runs_dir())
 for path, why in broken:
-    st.error(f"**{path.name}** cannot be read and is left out: {why}.")
+    st.error(f"{path.name} cannot be read and is left out: {why}.", icon=":material/error:")
 with st.expander("Import a run", icon=":material/upload:"):
+    roots = runs.folder_import_roots()
     st.markdown("A run trained elsewhere (`python -m deconv train --out DIR` on a bigger machine): upload a `.zip` "
-                "of its folder, or give the folder's path on this server. It is checked and loaded in Keras' safe "
-                "mode before it is added.")
+                "of its folder" + (", or give the path of a run folder on this server" if roots else "") + ". "
+                "Its files are checked, and its weights are loaded into the network its `config.json` describes "
+                "before it is added; the uploaded file's own architecture is never used.")
     upload = st.file_uploader("Zipped run folder", type=["zip"], key="import.zip")
-    folder = st.text_input("or a run folder on this server", key="import.folder", placeholder="/path/to/run")
+    folder = st.text_input("or a run folder on this server", key="import.folder", placeholder=str(roots[0]),
+                           help="allowed under: " + ", ".join(map(str, roots))) if roots else ""
     st.button("Import", icon=":material/input:", disabled=not (upload or folder.strip()), on_click=import_run)
     if outcome := st.session_state.pop("import.outcome", None):
         (st.success if outcome.startswith("Imported") else st.error)(outcome)
@@ -125,8 +132,8 @@ left.dataframe([{"setting": k, "value": str(v)} for k, v in run.model_config.to_
 right.markdown("**Training**")
 right.dataframe([{"setting": k, "value": str(v)} for k, v in run.train_config.to_dict().items()], hide_index=True,
                 width="stretch")
-st.caption(f"{run.meta.get('message', '')}; trained with " + ", ".join(
-    f"{k} {v}" for k, v in run.meta.get("versions", {}).items()))
+st.text(f"{run.meta.message}; trained with " + ", ".join(f"{k} {v}" for k, v in run.meta.versions.items())
+        + (f"; by {'you' if run.meta.owner == common.owner() else 'another visitor'}" if run.meta.owner else ""))
 job = common.job_manager().latest_job(common.owner())
 busy = bool(job and job.active)
 st.button("Train again with these settings", icon=":material/replay:", disabled=busy, on_click=reuse, args=(run,),
@@ -140,5 +147,8 @@ b.download_button("model.keras", data=lambda: (run.path / "model.keras").read_by
 c.download_button("History (CSV)", data=run.history_csv(), file_name=f"{run.name}-history.csv", mime="text/csv",
                   icon=":material/table:", width="stretch", on_click="ignore")
 with d.popover("Delete", icon=":material/delete:", width="stretch"):
-    sure = st.checkbox(f"Yes, delete {run.name} for good")
-    st.button("Delete this run", type="primary", disabled=not sure, on_click=delete, args=(str(run.path),))
+    if runs.may_delete(run, common.owner()):
+        sure = st.checkbox(f"Yes, delete {run.name} for good")
+        st.button("Delete this run", type="primary", disabled=not sure, on_click=delete, args=(str(run.path),))
+    else:
+        st.caption("Only whoever trained or imported this run can delete it.")

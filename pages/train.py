@@ -128,8 +128,8 @@ def finished(job: Any) -> None:
                 help="of the saved model, on the validation images")
     m[1].metric("Training accuracy", f"{last['accuracy']:.1%}" if "accuracy" in last else "—",
                 help="averaged over the last epoch, with augmentation")
-    m[2].metric("Epochs completed", f"{info.meta.get('epochs_completed', len(info.history))} of {info.train_config.epochs}")
-    m[3].metric("Training time", common.fmt_seconds(info.meta.get("train_seconds", 0)))
+    m[2].metric("Epochs completed", f"{info.epochs_completed} of {info.train_config.epochs}")
+    m[3].metric("Training time", common.fmt_seconds(info.meta.train_seconds))
     curves(job)
     st.caption(f"Saved as **{info.name}** in {info.path.parent} and made the active model.")
     try:
@@ -145,8 +145,8 @@ def finished(job: Any) -> None:
 def mistakes(rep: analysis.ValidationReport, info: runs.RunInfo) -> None:
     """The validation images the model got wrong with the highest confidence."""
     wrong = rep.confidently_wrong(GALLERY)
-    path = (info.meta.get("data") or {}).get("path")
-    if not wrong or not isinstance(path, str) or not Path(path).is_dir():
+    path = info.meta.data.path
+    if not wrong or not path or not Path(path).is_dir():
         return
     try:
         images = validation_images(path, info.train_config.val_size, info.train_config.seed)

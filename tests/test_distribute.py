@@ -128,7 +128,7 @@ def test_two_local_workers_stop_together_and_only_the_chief_saves(tmp_path: Path
     assert "Traceback" not in outputs[0][1] + outputs[1][1]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["worker0"]  # no run, nor a temporary one, from worker 1
     info = runs.read_run(tmp_path / "runs" / "worker0")
-    assert (info.meta["strategy"], info.meta["replicas"], info.meta["status"]) == ("multiworker", 2, "stopped")
+    assert (info.meta.strategy, info.meta.replicas, info.meta.status) == ("multiworker", 2, "stopped")
     assert len(info.history) == 1 and "val_accuracy" in info.history[0]  # the whole epoch, validated
     assert runs.load_model(info.path).output_shape == (None, 10)
     chief, other = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)

@@ -16,6 +16,7 @@ import pytest
 
 from deconv import runs
 from deconv.config import ModelConfig, TrainConfig
+from deconv.cost import describe
 from deconv.model import build_model
 
 MODEL_CONFIG = ModelConfig(widths=(8,))
@@ -34,7 +35,7 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert sorted(p.name for p in run.iterdir()) == sorted(runs.FILES)
     info = runs.read_run(run)
     assert info.model_config == MODEL_CONFIG and info.train_config.epochs == 2
-    assert info.best_val_accuracy == 0.35 and info.meta["versions"]["keras"] == keras.__version__
+    assert info.best_val_accuracy == 0.35 and info.meta.versions["keras"] == keras.__version__
     assert info.history_csv().splitlines()[0] == "epoch,loss,accuracy,val_loss,val_accuracy,seconds,elapsed"
     x = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(runs.load_model(run)(x), model(x), atol=1e-6)
@@ -85,22 +86,25 @@ def test_damaged_runs_are_listed_as_errors_beside_the_good_ones(tmp_path: Path, 
 
 
 @pytest.mark.parametrize("cut", [0, 100, 0.5])
-def test_a_truncated_model_file_cannot_be_loaded(tmp_path: Path, cut: float) -> None:
+def test_a_truncated_model_file_is_a_broken_run_not_a_default_model(tmp_path: Path, cut: float) -> None:
+    good = save(tmp_path / "older")
     run = save(tmp_path / "run1")
     blob = (run / "model.keras").read_bytes()
     (run / "model.keras").write_bytes(blob[: int(len(blob) * cut) if isinstance(cut, float) else cut])
-    with pytest.raises(runs.RunError, match="model.keras cannot be loaded"):
+    with pytest.raises(runs.RunError, match="model.keras"):
         runs.load_model(run)
+    listed, broken = runs.list_runs(tmp_path)
+    assert [r.path for r in listed] == [good] and broken[0][0] == run  # the newest readable run is the default
 
 
-def test_a_model_with_a_lambda_layer_is_refused_by_safe_mode(tmp_path: Path) -> None:
+def test_a_model_file_of_another_architecture_is_never_used(tmp_path: Path) -> None:
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Lambda(lambda t: t * 2)(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
     evil = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
     run = save(tmp_path / "run1", evil)
-    with pytest.raises(runs.RunError, match="cannot be loaded safely"):
-        runs.load_model(run)
+    with pytest.raises(runs.RunError, match="weights do not fit the network its config.json describes"):
+        runs.load_model(run)  # rebuilt from config.json: the Lambda layer in the file is never built
 
 
 def test_delete_only_deletes_runs(tmp_path: Path) -> None:
@@ -131,15 +135,17 @@ def zipped(run: Path, folder: str | None = "run1", extra: dict[str, bytes] | Non
     return buf.getvalue()
 
 
-def test_import_a_run_folder_or_a_zip_of_one(tmp_path: Path) -> None:
+def test_import_a_run_folder_or_a_zip_of_one(tmp_path: Path, monkeypatch) -> None:
     run = save(tmp_path / "elsewhere" / "cluster-run")
     root = tmp_path / "runs"
-    copied = runs.import_run(run, root, run.name)
+    monkeypatch.setenv(runs.FOLDER_IMPORT_ENV, str(tmp_path / "elsewhere"))
+    copied = runs.import_run(str(run), root, run.name)
     assert copied == root / "cluster-run" and runs.read_run(copied).history == HISTORY
     from_zip = runs.import_run(zipped(run), root, "cluster-run.zip")
     assert from_zip == root / "cluster-run_2" and runs.load_model(from_zip) is not None
-    flat = runs.import_run(zipped(run, folder=None, extra={"notes.txt": b"x"}), root, "flat.zip")
+    flat = runs.import_run(zipped(run, folder=None), root, "flat.zip", owner="0123456789abcdef")
     assert sorted(p.name for p in flat.iterdir()) == sorted(runs.FILES)
+    assert runs.read_run(flat).meta.owner == "0123456789abcdef"
     assert len(runs.list_runs(root)[0]) == 3 and not runs.list_runs(root)[1]
 
 
@@ -147,7 +153,8 @@ def test_import_a_run_folder_or_a_zip_of_one(tmp_path: Path) -> None:
     (b"not a zip", "is not a readable zip file"),
     ("partial", "model.keras missing"),
     ("escape", "unsafe path"),
-    ("lambda", "cannot be loaded safely"),
+    ("lambda", "weights do not fit"),
+    ("extra", "a file a run does not have: run1/notes.txt"),
 ])
 def test_a_bad_import_is_refused_and_leaves_nothing_behind(tmp_path: Path, content, words: str) -> None:
     run = save(tmp_path / "src" / "run1")
@@ -162,6 +169,8 @@ def test_a_bad_import_is_refused_and_leaves_nothing_behind(tmp_path: Path, conte
         content = buf.getvalue()
     elif content == "escape":
         content = zipped(run, extra={"../../evil.txt": b"x"})
+    elif content == "extra":
+        content = zipped(run, extra={"run1/notes.txt": b"x"})
     elif content == "lambda":
         inputs = keras.Input((32, 32, 3))
         x = keras.layers.GlobalAveragePooling2D()(keras.layers.Lambda(lambda t: t * 2)(inputs))
@@ -177,3 +186,206 @@ def test_the_runs_table_as_csv(tmp_path: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(runs.runs_csv(runs.list_runs(tmp_path)[0]))))
     assert len(rows) == 1 and rows[0]["run"] == "run1" and rows[0]["widths"] == "8"
     assert rows[0]["best_val_accuracy"] == "0.35" and rows[0]["epochs"] == "2" and rows[0]["seed"] == "0"
+
+
+def rewrite_json(run: Path, file: str, **changes) -> None:
+    data = json.loads((run / file).read_text())
+    data.update(changes)
+    (run / file).write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("file, changes, words", [
+    ("meta.json", {"val_accuracy": "high"}, "val_accuracy"),
+    ("meta.json", {"saved_at": 20261202}, "saved_at must be text"),
+    ("meta.json", {"versions": ["keras"]}, "versions must map"),
+    ("meta.json", {"label_names": ["![x](http://example.invalid/x.png)"] + ["cat"] * 9}, "plain class names"),
+    ("meta.json", {"val_accuracy": 7.0}, "from 0 to 1"),
+])
+def test_a_run_whose_files_have_the_wrong_types_is_listed_as_broken_with_why(tmp_path: Path, file, changes,
+                                                                              words: str) -> None:
+    save(tmp_path / "good")
+    bad = save(tmp_path / "bad")
+    rewrite_json(bad, file, **changes)
+    good, broken = runs.list_runs(tmp_path)
+    assert [r.name for r in good] == ["good"] and broken[0][0] == bad and words in broken[0][1]
+
+
+def test_history_entries_of_the_wrong_type_and_oversized_json_are_refused(tmp_path: Path) -> None:
+    run = save(tmp_path / "run1")
+    (run / "history.json").write_text(json.dumps([{"epoch": 1, "val_accuracy": "0.9"}]))
+    with pytest.raises(runs.RunError, match="val_accuracy of epoch 1 must be a number"):
+        runs.read_run(run)
+    (run / "history.json").write_text(" " * (runs.MAX_JSON_BYTES + 1))
+    with pytest.raises(runs.RunError, match="history.json is larger than"):
+        runs.read_run(run)
+
+
+def test_a_run_dated_in_the_future_is_not_newer_than_its_files(tmp_path: Path) -> None:
+    older = save(tmp_path / "older")
+    rewrite_json(older, "meta.json", saved_at="9999-12-31T00:00:00+0000")
+    newer = save(tmp_path / "newer")
+    import os
+    os.utime(older / "model.keras", (1_000_000_000, 1_000_000_000))
+    assert [r.path for r in runs.list_runs(tmp_path)[0]] == [newer, older]
+
+
+def test_runs_are_parsed_again_only_when_their_files_change(tmp_path: Path, monkeypatch) -> None:
+    run = save(tmp_path / "run1")
+    reads = []
+    real = runs.read_run
+    monkeypatch.setattr(runs, "read_run", lambda path: reads.append(path) or real(path))
+    for _ in range(3):
+        runs.list_runs(tmp_path)
+    rewrite_json(run, "meta.json", message="changed")
+    assert runs.list_runs(tmp_path)[0][0].meta.message == "changed" and len(reads) <= 2
+
+
+def test_a_name_from_a_link_never_raises(tmp_path: Path) -> None:
+    save(tmp_path / "run1")
+    assert runs.run_in(tmp_path, "run1") == tmp_path / "run1"
+    for name in ("x" * 300, "../run1", ".jobs", "a\x00b", ""):
+        assert runs.run_in(tmp_path, name) is None
+
+
+def test_only_the_owner_may_delete_unless_the_operator_allows_all(tmp_path: Path, monkeypatch) -> None:
+    mine = runs.import_run(zipped(save(tmp_path / "src" / "r")), tmp_path / "runs", "r.zip", owner="a" * 16)
+    info = runs.read_run(mine)
+    assert runs.may_delete(info, "a" * 16) and not runs.may_delete(info, "b" * 16)
+    assert not runs.may_delete(runs.read_run(save(tmp_path / "cli-run")), "a" * 16)  # no owner: the operator's
+    monkeypatch.setenv("DECONV_ALLOW_DELETE_ALL", "1")
+    assert runs.may_delete(info, "b" * 16)
+
+
+def model_keras_with(run: Path, extra: dict[str, bytes] | None = None, config: bytes | None = None) -> bytes:
+    """The run's model.keras rewritten with extra members or another config.json."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(run / "model.keras") as src, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            out.writestr(info.filename, config if config is not None and info.filename == "config.json"
+                         else src.read(info))
+        for name, content in (extra or {}).items():
+            out.writestr(name, content)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case, words", [
+    ("padding member", "holds files Keras does not write"),
+    ("padded config", "too large for this network"),
+])
+def test_a_model_file_with_more_than_keras_writes_is_refused_before_keras_reads_it(tmp_path: Path, case,
+                                                                                   words: str) -> None:
+    import resource
+
+    run = save(tmp_path / "src" / "run1")
+    if case == "padding member":
+        (run / "model.keras").write_bytes(model_keras_with(run, {"pad.bin": bytes(50 * 2**20)}))
+    elif case == "padded config":
+        (run / "model.keras").write_bytes(model_keras_with(run, config=b"{}" + b" " * (2 * 2**20)))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(runs.RunError, match=words):
+        runs.import_run(zipped(run), tmp_path / "runs", "upload.zip")
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 200  # MiB, in this process
+    assert not any((tmp_path / "runs").iterdir())
+
+
+def test_an_uploaded_architecture_is_never_built_and_the_kept_file_is_written_anew(tmp_path: Path) -> None:
+    import resource
+
+    run = save(tmp_path / "src" / "run1")
+    config = json.loads(zipfile.ZipFile(run / "model.keras").read("config.json"))
+    config["config"]["layers"][-1]["config"]["units"] = 16384 * 16384  # a Dense layer of 10 TiB, if it were built
+    (run / "model.keras").write_bytes(model_keras_with(run, config=json.dumps(config).encode()))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    added = runs.import_run(zipped(run), tmp_path / "runs", "upload.zip")  # the weights fit its config.json's network
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 200
+    kept = json.loads(zipfile.ZipFile(added / "model.keras").read("config.json"))
+    assert kept["config"]["layers"][-1]["config"]["units"] == 10  # rewritten from the rebuilt network
+    assert runs.load_model(added).count_params() == describe(MODEL_CONFIG).params
+
+
+def raw_zip(run: Path, patch) -> bytes:
+    """A zip of the run with one member's header patched by `patch(info)` before it is written."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for file in runs.FILES:
+            info = zipfile.ZipInfo(f"run1/{file}")
+            info.compress_type = zipfile.ZIP_DEFLATED
+            patch(info, file)
+            z.writestr(info, (run / file).read_bytes())
+    return buf.getvalue()
+
+
+def encrypted(run: Path) -> bytes:
+    """A zip whose meta.json says it is encrypted (the flag bit in its local and central headers)."""
+    content = bytearray(zipped(run))
+    name = b"run1/meta.json"
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = 0
+        while (at := content.find(signature, at)) >= 0:
+            name_at = at + (30 if signature == b"PK\x03\x04" else 46)
+            if content[name_at:name_at + len(name)] == name:
+                content[at + flags_at] |= 0x1
+            at += 4
+    return bytes(content)
+
+
+def lzma(info, file) -> None:
+    if file == "config.json":
+        info.compress_type = zipfile.ZIP_LZMA
+
+
+@pytest.mark.parametrize("make, words", [
+    (encrypted, "encrypted or compressed"),
+    (lambda run: raw_zip(run, lzma), "encrypted or compressed"),
+    (lambda run: zipped(run).replace(b'"status"', b'"st\xffus"'), "not a readable zip file"),  # CRC / zlib error
+    (lambda run: None, "nested too deeply|not valid JSON"),
+])
+def test_archives_that_break_the_zip_reader_are_refused_and_leave_nothing(tmp_path: Path, make, words: str) -> None:
+    run = save(tmp_path / "src" / "run1")
+    content = make(run)
+    if content is None:  # a meta.json nested far deeper than Python's recursion limit
+        (run / "meta.json").write_text("[" * 100_000 + "]" * 100_000)
+        content = zipped(run)
+    with pytest.raises(runs.RunError, match=words):
+        runs.import_run(content, tmp_path / "runs", "upload.zip")
+    assert not any((tmp_path / "runs").iterdir())
+
+
+def test_a_full_runs_folder_refuses_an_import_with_a_clear_message(tmp_path: Path, monkeypatch) -> None:
+    run = save(tmp_path / "src" / "run1")
+    monkeypatch.setenv(runs.QUOTA_ENV, "10K")
+    assert runs.quota_bytes() == 10 * 1024
+    with pytest.raises(runs.RunError, match="the runs folder is full: .* delete runs"):
+        runs.import_run(zipped(run), tmp_path / "runs", "upload.zip")
+    assert not any((tmp_path / "runs").iterdir())
+    monkeypatch.setenv(runs.QUOTA_ENV, "not a size")
+    assert runs.quota_bytes() == runs.DEFAULT_QUOTA
+
+
+def test_folder_import_is_off_unless_allowed_and_then_only_under_its_roots(tmp_path: Path, monkeypatch) -> None:
+    run = save(tmp_path / "allowed" / "run1")
+    outside = save(tmp_path / "outside" / "run2")
+    messages = []
+    for folder in (str(run), "/root", "/nonexistent", "~"):
+        with pytest.raises(runs.RunError) as e:
+            runs.import_run(folder, tmp_path / "runs", "x")
+        messages.append(str(e.value))
+    assert len(set(messages)) == 1 and "folder import is off" in messages[0]  # nothing to probe the disk with
+    monkeypatch.setenv(runs.FOLDER_IMPORT_ENV, str(tmp_path / "allowed"))
+    assert runs.import_run(str(run), tmp_path / "runs", "run1") == tmp_path / "runs" / "run1"
+    for folder in (str(outside), str(tmp_path / "allowed" / ".." / "outside" / "run2")):
+        with pytest.raises(runs.RunError, match="not under the folders"):
+            runs.import_run(folder, tmp_path / "runs", "x")
+
+
+def test_leftovers_of_crashed_saves_and_imports_are_swept(tmp_path: Path) -> None:
+    import os
+
+    old, new, jobs = tmp_path / ".import.abc", tmp_path / ".run1.xyz", tmp_path / ".jobs"
+    for folder in (old, new, jobs):
+        folder.mkdir()
+        (folder / "f").write_bytes(b"x")
+    os.utime(old, (1_000_000_000, 1_000_000_000))
+    os.utime(jobs, (1_000_000_000, 1_000_000_000))
+    assert runs.sweep_leftovers(tmp_path) == [old]
+    assert not old.exists() and new.exists() and jobs.exists()

@@ -1,0 +1,48 @@
+"""Check a run a visitor uploaded, in a child process the app starts with a memory limit: `python -m deconv.runcheck DIR`.
+
+The network is rebuilt from the run's config.json and only the weights are read from its model.keras; a
+forward pass must give finite probabilities. Then the model.keras is written anew from the rebuilt
+network, so what the app keeps and later loads holds nothing of the uploaded file but its weights.
+Exit 0 when the run is good; otherwise one line `error: WHY` on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from deconv import runs
+from deconv.config import IMAGE_SIZE
+
+
+def check(run_dir: Path) -> None:
+    """Load, try and rewrite the run's model; RunError says what is wrong."""
+    from deconv.train import predict
+
+    model = runs.load_model(run_dir)
+    probs = predict(model, np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8))
+    if not np.isfinite(probs).all():
+        raise runs.RunError("its weights give no usable answer (NaN or infinite)")
+    clean = run_dir / ".clean.keras"
+    model.save(clean)
+    os.replace(clean, run_dir / "model.keras")
+
+
+def main(argv: list[str]) -> int:
+    """Check the run folder named by the one argument."""
+    try:
+        check(Path(argv[0]))
+    except runs.RunError as e:
+        print(f"error: {str(e).split(': ', 1)[-1]}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("error: its weights need more memory than this network can hold", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
