@@ -1,12 +1,17 @@
-"""Turn any image Pillow can open into the 32x32 RGB input the model saw, classify it, and say how sure it is."""
+"""Turn a PNG, JPEG, GIF, BMP or WebP file into the 32x32 RGB input the model saw, classify it, and say how sure it is.
+
+Every file may come from a hostile stranger (the app is one server shared by a class or the public): only five
+formats are parsed, a picture is shrunk before anything else is done with it, and a session keeps a preview and
+the 32x32 view of each, never the file or the decoded picture."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import struct
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +21,20 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deconv.config import IMAGE_SIZE, NUM_CLASSES
 
-MAX_PIXELS = 40_000_000  # larger declared sizes are refused before decoding (decompression bombs)
+FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "GIF": "GIF", "BMP": "BMP", "WEBP": "WebP"}  # Pillow's name: ours
+FILE_TYPES = ("png", "jpg", "jpeg", "gif", "bmp", "webp")  # the file name endings of FORMATS, for the uploader
+# Larger declared sizes are refused before decoding (decompression bombs). Decoded whole, a PNG, GIF or BMP this
+# size takes up to 160 MB and a second (measured: 8000x5000 RGBA PNG), a JPEG a few MB (decoded at 1/8 scale); a
+# WebP takes about 15 bytes a pixel (libwebp's canvas and two copies of it in Pillow: 610 MB at 40 million), hence
+# its own limit, for about 250 MB.
+MAX_PIXELS = 40_000_000
+MAX_WEBP_PIXELS = 16_000_000
 MAX_BYTES = 10 * 1024 * 1024  # the same limit as the app's upload size
+MAX_FILES_PER_UPLOAD = 20  # files of one upload that are read; more could not all be kept (MAX_PICTURES) anyway
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white
+PREVIEW_SIZE = 150  # a preview fits in this many pixels square
+OVERSAMPLE = 4  # a decoded picture is first shrunk to about this many times the sizes shown (see reduction)
+BAND_PIXELS = 1 << 20  # pixels converted at a time while a picture is shrunk: a few MB whatever its size
 
 # When an answer is "unsure". The network has only its ten classes to answer with, so a picture of anything
 # else still gets one of them; a low or contested top probability is the hint it gives. The rule reads the
@@ -61,31 +77,79 @@ class Prediction:
         return "unsure: the model is not confident" + ("; it may not be one of its ten classes" if maybe_other else "")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """RGB from any mode: 16-bit and float scaled to 8 bits, transparency composited on white."""
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 1.0 if img.mode == "F" and arr.max(initial=0) <= 1.0 else (255.0 if arr.max(initial=0) <= 255 else 65535.0)
-        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
+def reduction(width: int, height: int) -> int:
+    """How many times smaller a decoded picture is made before anything else is done with it: its short side keeps
+    OVERSAMPLE times the 32 pixels of the centre crop the model sees, its long side OVERSAMPLE times the preview's.
+    Resampling from there gives the same view and preview as from full size, give or take a grey level or two."""
+    short, long = sorted((width, height))
+    return max(1, min(short // (OVERSAMPLE * IMAGE_SIZE), long // (OVERSAMPLE * PREVIEW_SIZE)))
+
+
+def _reducible_mode(img: Image.Image) -> str:
+    """The mode a picture is averaged in: Image.reduce cannot average palette indices, 1-bit or 16-bit pixels."""
+    if img.mode in ("P", "PA"):
+        return "RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB"
+    return "L" if img.mode == "1" else "I" if img.mode.startswith("I;16") else img.mode
+
+
+def _small_rgb(img: Image.Image, factor: int) -> Image.Image:
+    """RGB, `factor` times smaller (box average): 16-bit and float scaled to 8 bits, transparency shown on white.
+
+    The picture is shrunk a band of rows at a time before any conversion, so that no copy of it is made at full size
+    in another mode. Measured on a 78 kB 16-bit 8000x5000 PNG: converting it whole to float64 first cost 1 GB of
+    peak memory and 4.6 s; shrunk first, 84 MB (the decoded picture itself) and 0.4 s."""
+    mode = _reducible_mode(img)
+    if factor == 1 and mode == img.mode and mode not in ("I", "F"):
+        small = img
+    else:
+        small = Image.new(mode, (-(-img.width // factor), -(-img.height // factor)))
+        rows = max(1, BAND_PIXELS // (img.width * factor)) * factor
+        peak = 0.0  # the largest value of a 16-bit or float picture at full size: it decides the scale below
+        for top in range(0, img.height, rows):
+            band = img.crop((0, top, img.width, min(img.height, top + rows)))
+            band = band if band.mode == mode else band.convert(mode)
+            if mode in ("I", "F"):
+                peak = max(peak, band.getextrema()[1])
+            small.paste(band.reduce(factor), (0, top // factor))
+        if mode in ("I", "F"):
+            top_value = 1.0 if mode == "F" and peak <= 1.0 else (255.0 if peak <= 255 else 65535.0)
+            scaled = np.asarray(small, dtype=np.float32) * np.float32(255.0 / top_value)
+            small = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
+    if small.mode in ("RGBA", "LA", "La", "RGBa"):
+        rgba = small.convert("RGBA")
         flat = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         return Image.alpha_composite(flat, rgba).convert("RGB")
-    return img.convert("RGB")
+    return small.convert("RGB")
+
+
+def _other_format(head: bytes) -> str | None:
+    """The name of a format Pillow knows but this module does not take, from a file's first bytes (its signature:
+    nothing is parsed), or None."""
+    Image.init()
+    for name, (_, accept) in Image.OPEN.items():
+        try:
+            if accept is not None and accept(head):
+                return name
+        except (SyntaxError, IndexError, TypeError, struct.error):  # as in Image.open: a signature cut short
+            continue
+    return None
 
 
 def open_image(source: bytes | str | os.PathLike[str]) -> Image.Image:
-    """The upright, RGB, first-frame image, or ImageError."""
+    """The upright, RGB, first-frame picture, shrunk to no more than `reduction` needs, or ImageError."""
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise ImageError("the file is empty")
         if len(source) > MAX_BYTES:
             raise ImageError(f"the file is {len(source) / 2**20:.1f} MB, more than the {MAX_BYTES // 2**20} MB limit")
         stream: Any = io.BytesIO(source)
+        head = bytes(source[:16])  # where Pillow looks for a format's signature
     else:
         path = Path(source)
         try:
             size = path.stat().st_size
+            with path.open("rb") as f:
+                head = f.read(16)
         except OSError as e:
             raise ImageError(f"cannot read it: {e.strerror or e}") from None
         if size == 0:
@@ -93,19 +157,29 @@ def open_image(source: bytes | str | os.PathLike[str]) -> Image.Image:
         if size > MAX_BYTES:
             raise ImageError(f"the file is {size / 2**20:.1f} MB, more than the {MAX_BYTES // 2**20} MB limit")
         stream = path
+    taken = ", ".join(FORMATS.values())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(stream) as img:
-                if img.width * img.height > MAX_PIXELS:
+            with Image.open(stream, formats=list(FORMATS)) as img:
+                limit = MAX_WEBP_PIXELS if img.format == "WEBP" else MAX_PIXELS
+                if img.width * img.height > limit:
                     raise ImageError(f"it declares {img.width}x{img.height} pixels, more than the "
-                                     f"{MAX_PIXELS // 1_000_000}-million-pixel limit")
+                                     f"{limit // 1_000_000}-million-pixel limit"
+                                     + (" of a WebP file" if limit == MAX_WEBP_PIXELS else ""))
                 img.seek(0)  # the first frame of an animation
-                img.draft("RGB", (IMAGE_SIZE * 4, IMAGE_SIZE * 4))  # JPEG: decode at a reduced scale, much faster
+                factor = reduction(img.width, img.height)
+                # JPEG: decode at 1/2, 1/4 or 1/8 scale, no smaller than the reduction keeps; much faster
+                img.draft("RGB", (-(-img.width // factor), -(-img.height // factor)))
                 img.load()
-                return _to_rgb(ImageOps.exif_transpose(img))  # new images: the file can be closed
+                small = _small_rgb(img, reduction(img.width, img.height))
+                small.info = img.info  # the EXIF orientation, applied to the small picture
+                return ImageOps.exif_transpose(small)  # new images: the file can be closed
     except UnidentifiedImageError:
-        raise ImageError("it is not an image Pillow can read (png, jpg, gif, bmp, webp, ...)") from None
+        other = _other_format(head)
+        if other is not None:
+            raise ImageError(f"it is in {other} format, not one of the formats taken here: {taken}") from None
+        raise ImageError(f"it is not an image in a format taken here ({taken})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"it declares more pixels than the {MAX_PIXELS // 1_000_000}-million-pixel limit "
                          "(a decompression bomb?)") from None
@@ -131,10 +205,10 @@ def top_k(probabilities: np.ndarray, label_names: list[str], k: int = 5) -> Pred
     return Prediction([label_names[i] for i in order], [float(probabilities[i]) for i in order])
 
 
-def label_names_of(meta: dict[str, Any]) -> list[str]:
-    """The class names a run recorded, or the standard CIFAR-10 names."""
-    names = meta.get("label_names")
-    return list(names) if isinstance(names, list) and len(names) == NUM_CLASSES else list(CIFAR10_LABELS)
+def label_names_of(meta: Any) -> list[str]:
+    """The class names a run recorded (runs.RunMeta checks them: ten plain names), or the standard CIFAR-10 names."""
+    names = list(getattr(meta, "label_names", ()))
+    return names if len(names) == NUM_CLASSES else list(CIFAR10_LABELS)
 
 
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -153,7 +227,7 @@ def enlarge(view: Image.Image | np.ndarray, size: int = 128) -> Image.Image:
     return img.resize((size, size), Image.Resampling.NEAREST)
 
 
-def preview(img: Image.Image, size: int = 150) -> Image.Image:
+def preview(img: Image.Image, size: int = PREVIEW_SIZE) -> Image.Image:
     """A copy that fits in size x size, keeping the aspect ratio, never thinner than one pixel."""
     scale = min(1.0, size / img.width, size / img.height)
     return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
@@ -175,12 +249,15 @@ class Pictures:
     """The last `limit` pictures a session uploaded, oldest first, and the files of the last upload that failed.
 
     The same file (same name, same bytes) is kept once: uploading it again moves it to the newest place.
-    The same bytes under another name are another picture, as the visitor named them.
+    The same bytes under another name are another picture, as the visitor named them, but are not decoded again;
+    nor are the bytes of a recent file that could not be read. One upload is read up to MAX_FILES_PER_UPLOAD files.
     """
 
     limit: int = MAX_PICTURES
     items: list[Picture] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (file name, why it cannot be classified)
+    left_out: int = 0  # files of the last upload beyond MAX_FILES_PER_UPLOAD: not read at all
+    refused: dict[str, str] = field(default_factory=dict)  # sha256 -> why it cannot be read, of the last `limit`
     added: int = 0  # pictures ever added: the next one's number
 
     def __post_init__(self) -> None:
@@ -190,20 +267,33 @@ class Pictures:
     def add(self, name: str, content: bytes) -> Picture:
         """Keep one uploaded file as a Picture, dropping the oldest beyond limit; ImageError if it cannot be read."""
         digest = hashlib.sha256(content).hexdigest()
-        kept = next((p for p in self.items if p.name == name and p.digest == digest), None)
+        if digest in self.refused:
+            raise ImageError(self.refused[digest])
+        same = [p for p in self.items if p.digest == digest]
+        kept = next((p for p in same if p.name == name), None)
         if kept is None:
-            img = open_image(content)
-            kept = Picture(self.added, name, digest, np.asarray(preview(img), dtype=np.uint8),
-                           np.asarray(model_view(img), dtype=np.uint8))
+            if same:  # shown under another name: its preview and view (read-only arrays) serve this one too
+                shown, view = same[0].preview, same[0].view
+            else:
+                try:
+                    img = open_image(content)
+                except ImageError as e:
+                    self.refused[digest] = str(e)
+                    for old in list(self.refused)[:-self.limit]:
+                        del self.refused[old]
+                    raise
+                shown, view = np.asarray(preview(img), dtype=np.uint8), np.asarray(model_view(img), dtype=np.uint8)
+            kept = Picture(self.added, name, digest, shown, view)
             self.added += 1
         self.items = [p for p in self.items if p is not kept] + [kept]
         del self.items[:-self.limit]
         return kept
 
-    def upload(self, files: Iterable[tuple[str, bytes]]) -> None:
-        """Add every (name, bytes) of one upload; those that cannot be read become this upload's problems."""
-        self.problems = []
-        for name, content in files:
+    def upload(self, files: Sequence[tuple[str, bytes]]) -> None:
+        """Add the (name, bytes) of one upload, its first MAX_FILES_PER_UPLOAD files (the others are `left_out`);
+        those that cannot be read become this upload's problems."""
+        self.problems, self.left_out = [], max(0, len(files) - MAX_FILES_PER_UPLOAD)
+        for name, content in files[:MAX_FILES_PER_UPLOAD]:
             try:
                 self.add(name, content)
             except ImageError as e:
@@ -211,7 +301,7 @@ class Pictures:
 
     def clear(self) -> None:
         """Forget every picture and problem."""
-        self.items, self.problems = [], []
+        self.items, self.problems, self.left_out, self.refused = [], [], 0, {}
 
     def views(self) -> np.ndarray:
         """uint8 (N, 32, 32, 3): the model's view of every picture, oldest first."""

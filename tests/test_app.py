@@ -347,7 +347,8 @@ def test_the_deconv_shape_calculator_warns_of_uneven_overlap(app_env: Path) -> N
     assert not at.warning and set(at.dataframe[1].value["overlap"]) == {"even"}
 
 
-def test_runs_page_imports_a_zipped_run_and_refuses_a_bad_zip(app_env: Path, a_run: Path, tmp_path: Path) -> None:
+def test_runs_page_imports_a_zipped_run_and_refuses_a_bad_zip(app_env: Path, a_run: Path, tmp_path: Path,
+                                                               monkeypatch) -> None:
     import io
     import zipfile
 
@@ -365,6 +366,9 @@ def test_runs_page_imports_a_zipped_run_and_refuses_a_bad_zip(app_env: Path, a_r
     button(at, "Import").click().run()
     assert any("Not imported: junk.zip is not a readable zip file" in e.value for e in at.error)
     at.file_uploader(key="import.zip").set_value(None).run()
+    assert not [t for t in at.text_input if t.key == "import.folder"]  # folder import is off by default
+    monkeypatch.setenv("DECONV_ALLOW_FOLDER_IMPORT", str(app_env))
+    at.run()
     at.text_input(key="import.folder").set_value(str(saved[0].path)).run()
     button(at, "Import").click().run()
     assert f"Imported as **{saved[0].name}_2**" in at.success[0].value
@@ -385,3 +389,58 @@ def test_train_again_starts_a_saved_runs_settings_on_the_train_page(app_env: Pat
     assert job.model_config == saved[-1].model_config and job.train_config == saved[-1].train_config
     common.job_manager().stop(job)
     wait_job(lambda j: not job.active, timeout=60)
+
+
+def test_a_hostile_run_is_listed_as_broken_and_breaks_no_page(app_env: Path, a_run: Path) -> None:
+    import shutil
+
+    hostile = app_env / "hostile"
+    shutil.copytree(a_run, hostile)
+    meta = json.loads((hostile / "meta.json").read_text())
+    (hostile / "meta.json").write_text(json.dumps({**meta, "val_accuracy": "high"}))
+    try:
+        for name in PAGES:
+            at = page(name)
+            assert not at.exception, name
+        at = page("pages/runs.py")
+        assert any("hostile cannot be read" in e.value and "val_accuracy" in e.value for e in at.error)
+        assert "hostile" not in list(at.dataframe[0].value["run"])
+    finally:
+        shutil.rmtree(hostile)
+
+
+def test_run_supplied_text_is_shown_as_plain_text_and_only_the_owner_may_delete(app_env: Path, a_run: Path) -> None:
+    import shutil
+
+    other = app_env / "someone-elses"
+    shutil.copytree(a_run, other)
+    meta = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "owner": "f" * 16, "saved_at": "9999-12-31T00:00:00+0000",
+                                                "message": "![x](http://example.invalid/x.png)"}))
+    os.utime(other / "model.keras", (1_000_000_000, 1_000_000_000))  # its files say 2001, its meta.json 9999
+    try:
+        at = page("pages/runs.py")
+        at.selectbox[0].set_value("someone-elses").run()
+        assert any("![x](http://example.invalid/x.png)" in t.value for t in at.text)  # as text, not an image
+        assert not [b for b in at.button if b.label == "Delete this run"]
+        assert any("Only whoever trained or imported this run can delete it" in c.value for c in at.caption)
+        assert at.selectbox[0].options[0] != "someone-elses"  # a date in the future does not make it the newest
+    finally:
+        shutil.rmtree(other)
+
+
+def test_a_full_runs_folder_refuses_a_training_with_the_reason(app_env: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DECONV_RUNS_QUOTA", "1K")
+    at = small_training(page("pages/train.py"), epochs=1)
+    button(at, "Train").click().run()
+    assert not at.exception and "Not started: the runs folder is full" in at.warning[0].value
+    from pages import common
+
+    assert common.job_manager().active_job(at.session_state["client"]) is None
+
+
+def test_a_model_name_of_300_characters_in_a_link_is_ignored(app_env: Path) -> None:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["model"] = "x" * 300
+    at.run()
+    assert not at.exception and at.session_state["active_run"] is None

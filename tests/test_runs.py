@@ -389,3 +389,57 @@ def test_leftovers_of_crashed_saves_and_imports_are_swept(tmp_path: Path) -> Non
     os.utime(jobs, (1_000_000_000, 1_000_000_000))
     assert runs.sweep_leftovers(tmp_path) == [old]
     assert not old.exists() and new.exists() and jobs.exists()
+
+
+@pytest.fixture(scope="module")
+def run_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    run = save(tmp_path_factory.mktemp("hypothesis") / "run1")
+    return {file: (run / file).read_bytes() for file in runs.FILES}
+
+
+def test_generated_archives_are_imported_and_loadable_or_refused_leaving_nothing(run_files, tmp_path_factory) -> None:
+    import resource
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    values = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=20),
+                          lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                      max_size=4), max_leaves=12)
+    methods = st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+    members = st.fixed_dictionaries({
+        "drop": st.lists(st.sampled_from(runs.FILES), max_size=2, unique=True),
+        "json": st.dictionaries(st.sampled_from(["config.json", "history.json", "meta.json"]), values, max_size=2),
+        "extra": st.dictionaries(st.sampled_from(["notes.txt", "run1/../x", "a/b/c", "report.json", "run1/"]),
+                                 st.binary(max_size=64), max_size=2),
+        "method": methods,
+        "cut": st.one_of(st.none(), st.integers(0, 4000)),
+        "folder": st.booleans(),
+    })
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(members)
+    def one(case: dict) -> None:
+        root = tmp_path_factory.mktemp("root")
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for file, content in run_files.items():
+                if file in case["drop"]:
+                    continue
+                if file in case["json"]:
+                    content = json.dumps(case["json"][file]).encode()
+                if file == "model.keras" and case["cut"] is not None:
+                    content = content[: case["cut"]]
+                z.writestr(f"run1/{file}" if case["folder"] else file, content, compress_type=case["method"])
+            for name, content in case["extra"].items():
+                z.writestr(name, content)
+        try:
+            added = runs.import_run(buf.getvalue(), root, "upload.zip")
+        except runs.RunError:
+            assert list(root.iterdir()) == []  # nothing left behind
+            return
+        assert runs.load_model(added) is not None and [p.name for p in root.iterdir()] == [added.name]
+
+    one()
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 300  # MiB
