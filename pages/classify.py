@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import streamlit as st
 from PIL import Image
+from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from deconv import charts, data, inference, runs
 from deconv.cost import describe
@@ -15,15 +17,25 @@ from pages import common
 from pages.common import ACTIVE_RUN
 
 if TYPE_CHECKING:
+    from streamlit.typing import UploadedFile
+
     from deconv import explain  # imported where it is used: it loads TensorFlow
 
 common.require_app()
 
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "gif", "bmp", "webp"]
 SAMPLES = 8
 TOP = 5
 PICTURES = "classify.pictures"  # this session's uploaded pictures (inference.Pictures): they outlive page switches
 UPLOADER = "classify.uploader"  # the uploader's generation: a new key empties it once its files are kept
+
+
+def forget_files(files: list[UploadedFile]) -> None:
+    """Drop uploaded files from Streamlit's store once read, as st.chat_input does with its own: the store keeps
+    an uploader's files until the session ends, also after the uploader is replaced by a new key."""
+    ctx = get_script_run_ctx()
+    if ctx is not None and isinstance(ctx.uploaded_file_mgr, MemoryUploadedFileManager):
+        for f in files:
+            ctx.uploaded_file_mgr.remove_file(session_id=ctx.session_id, file_id=f.file_id)
 
 
 @st.cache_data(show_spinner=False)
@@ -133,14 +145,20 @@ upload_tab, cifar_tab = st.tabs(["Your pictures", "CIFAR-10 test images"])
 pictures: inference.Pictures = st.session_state.setdefault(PICTURES, inference.Pictures())
 with upload_tab:
     generation = st.session_state.setdefault(UPLOADER, 0)
-    files = st.file_uploader("Images (png, jpg, gif, bmp, webp; up to 10 MB each)", type=UPLOAD_TYPES,
-                             accept_multiple_files=True, key=f"upload-{generation}")
+    mb = inference.MAX_BYTES // 2**20
+    files = st.file_uploader(f"Images ({', '.join(inference.FORMATS.values())}; up to {mb} MB each, "
+                             f"{inference.MAX_FILES_PER_UPLOAD} at a time)", type=list(inference.FILE_TYPES),
+                             accept_multiple_files=True, max_upload_size=mb, key=f"upload-{generation}")
     if files:
-        pictures.upload((f.name, f.getvalue()) for f in files)  # keeps a preview and the 32x32 view, not the file
+        pictures.upload([(f.name, f.getvalue()) for f in files])  # keeps a preview and the 32x32 view, not the file
+        forget_files(files)
         st.session_state[UPLOADER] = generation + 1
         st.rerun()  # with an empty uploader: each picture is shown once, from the kept ones
     for name, problem in pictures.problems:
         st.error(f"**{name}** cannot be classified: {problem}.")
+    if pictures.left_out:
+        st.warning(f"{pictures.left_out} more file{'s were' if pictures.left_out > 1 else ' was'} left out: one "
+                   f"upload takes {inference.MAX_FILES_PER_UPLOAD} files at most. Upload the others on their own.")
     if pictures:
         st.info(f"The network knows ten classes only: {', '.join(labels)}. It answers every picture with one of "
                 "them, so a picture of anything else (a coffee cup, a rocket) still gets one of these labels. An "

@@ -53,6 +53,35 @@ def bomb_png() -> bytes:
     return encode(Image.new("1", (30000, 30000)), "PNG")
 
 
+def sixteen_bit_png(width: int = 8000, height: int = 5000) -> bytes:
+    """A grey 16-bit (I;16) PNG, black at the left to white at the right: 89 kB as a file, 80 MB decoded."""
+    row = (np.arange(width, dtype=np.uint32) * 65535 // max(width - 1, 1)).astype(np.uint16)
+    return encode(Image.fromarray(row[None, :]).resize((width, height), Image.Resampling.NEAREST), "PNG")
+
+
+def webp_declaring(width: int, height: int) -> bytes:
+    """A 1x1 lossless WebP whose header says width x height pixels (its pixel data never gets read)."""
+    blob = bytearray(encode(Image.new("RGB", (1, 1)), "WEBP", lossless=True))
+    assert blob[12:16] == b"VP8L" and blob[20] == 0x2F  # bits 0-13 of bytes 21-24: width - 1; 14-27: height - 1
+    rest = int.from_bytes(blob[21:25], "little") & ~((1 << 28) - 1)
+    blob[21:25] = (rest | (width - 1) | (height - 1) << 14).to_bytes(4, "little")
+    return bytes(blob)
+
+
+def multi_picture_jpeg() -> bytes:
+    """What many phones write: a JPEG followed by a second picture (Pillow calls it MPO); red first, then blue."""
+    first, second = Image.new("RGB", (64, 48), (255, 0, 0)), Image.new("RGB", (64, 48), (0, 0, 255))
+    return encode(first, "MPO", save_all=True, append_images=[second])
+
+
+def other_formats() -> dict[str, bytes]:
+    """Images Pillow could read, in formats the app does not take, by file name (the PSD is its signature only)."""
+    grey16 = Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16))
+    return {"photo.tiff": encode(gradient(), "TIFF"), "grey16.tif": encode(grey16, "TIFF"),
+            "icon.ico": encode(gradient(), "ICO"), "photo.ppm": encode(gradient(), "PPM"),
+            "layers.psd": b"8BPS\x00\x01" + bytes(40)}
+
+
 def good() -> dict[str, bytes]:
     """Valid images of every awkward kind, by file name."""
     rgba = Image.new("RGBA", (40, 40), (0, 0, 255, 0))

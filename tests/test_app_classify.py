@@ -1,4 +1,5 @@
-"""The Classify page through AppTest: kept uploads, the ten-classes note, and a look inside a saved run."""
+"""The Classify page through AppTest: kept uploads, what an upload may hold, the ten-classes note, and a look inside a
+saved run."""
 
 from __future__ import annotations
 
@@ -139,3 +140,43 @@ def test_at_most_twenty_pictures_are_kept_and_clear_forgets_them(saved_run: Path
     assert any("last 20 pictures" in c.value for c in at.caption)
     next(b for b in at.button if b.label == "Clear pictures").click().run()
     assert not upload_charts(at) and not at.info and not at.exception
+
+
+def test_an_upload_of_more_than_twenty_files_reads_twenty_and_says_how_many_were_left_out(saved_run: Path) -> None:
+    at = page("pages/classify.py")
+    assert "20 at a time" in at.file_uploader[0].label
+    at.file_uploader[0].set_value([colour_png(i) for i in range(23)]).run()
+    assert not at.exception
+    assert upload_charts(at) == [f"top-upload-{i}-colour{i:02d}.png" for i in range(20)]
+    assert [w.value for w in at.warning if "left out" in w.value] == [
+        "3 more files were left out: one upload takes 20 files at most. Upload the others on their own."]
+    at.file_uploader[0].set_value([colour_png(i) for i in range(20, 23)]).run()
+    assert not [w for w in at.warning if "left out" in w.value]  # the message was the last upload's
+
+
+def test_the_files_of_an_upload_leave_streamlits_store_once_read(saved_run: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+
+    removed: list[str] = []
+    remove = MemoryUploadedFileManager.remove_file
+
+    def recorded(self: MemoryUploadedFileManager, session_id: str, file_id: str) -> None:
+        if file_id in self.file_storage.get(session_id, {}):
+            removed.append(file_id)
+        remove(self, session_id, file_id)
+
+    monkeypatch.setattr(MemoryUploadedFileManager, "remove_file", recorded)
+    at = page("pages/classify.py")
+    at.file_uploader[0].set_value([colour_png(i) for i in range(22)]).run()  # two of them left out, unread
+    assert not at.exception and len(upload_charts(at)) == 20
+    assert len(set(removed)) == 22  # kept as a preview and a view, the files themselves gone
+
+
+def test_a_tiff_named_png_is_refused_with_the_formats_the_page_takes(saved_run: Path) -> None:
+    at = page("pages/classify.py")  # the uploader refuses a .tiff name itself; a stranger can rename the file
+    assert "PNG, JPEG, GIF, BMP, WebP" in at.file_uploader[0].label
+    at.file_uploader[0].set_value([("scan.png", images.other_formats()["photo.tiff"], "image/png"), PHOTO]).run()
+    assert not at.exception and upload_charts(at) == ["top-upload-0-photo.png"]
+    assert [e.value for e in at.error] == ["**scan.png** cannot be classified: it is in TIFF format, not one of the "
+                                           "formats taken here: PNG, JPEG, GIF, BMP, WebP."]

@@ -1,6 +1,13 @@
-"""Any image becomes the 32x32 RGB view the model saw; bad files get a clear ImageError."""
+"""Any image becomes the 32x32 RGB view the model saw; bad files and other formats get a clear ImageError; a huge
+picture costs little memory; an upload is read up to twenty files, and the same bytes are not decoded twice."""
 
 from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +17,9 @@ from PIL import Image
 
 from deconv import inference
 from tests import images
+
+ROOT = Path(__file__).resolve().parent.parent
+TAKEN = "PNG, JPEG, GIF, BMP, WebP"
 
 
 @pytest.mark.parametrize("name", list(images.good()))
@@ -39,6 +49,87 @@ def test_error_messages_say_what_is_wrong() -> None:
                         ("bomb.png", "million-pixel limit")]:
         with pytest.raises(inference.ImageError, match=words):
             inference.prepare(bad[name])
+
+
+@pytest.mark.parametrize("name", list(images.other_formats()))
+def test_other_formats_are_refused_by_name_with_the_formats_taken(name: str) -> None:
+    with pytest.raises(inference.ImageError) as err:
+        inference.prepare(images.other_formats()[name])
+    named = {".tiff": "TIFF", ".tif": "TIFF", ".ico": "ICO", ".ppm": "PPM", ".psd": "PSD"}[Path(name).suffix]
+    assert str(err.value) == f"it is in {named} format, not one of the formats taken here: {TAKEN}"
+
+
+def test_a_file_on_disk_gets_the_same_formats_as_an_upload(tmp_path: Path) -> None:  # the CLI reads paths
+    (tmp_path / "photo.tiff").write_bytes(images.other_formats()["photo.tiff"])
+    (tmp_path / "photo.png").write_bytes(images.good()["photo.png"])
+    with pytest.raises(inference.ImageError, match="TIFF format, not one of the formats taken here"):
+        inference.prepare(tmp_path / "photo.tiff")
+    assert inference.prepare(str(tmp_path / "photo.png")).shape == (32, 32, 3)
+    with pytest.raises(inference.ImageError, match="cannot read it"):
+        inference.prepare(tmp_path / "missing.png")
+
+
+def test_the_uploaders_file_types_are_the_formats_taken() -> None:
+    assert ", ".join(inference.FORMATS.values()) == TAKEN
+    assert {Image.registered_extensions()[f".{t}"] for t in inference.FILE_TYPES} == set(inference.FORMATS)
+
+
+def test_a_phones_multi_picture_jpeg_is_read_as_a_jpeg() -> None:
+    x = inference.prepare(images.multi_picture_jpeg())
+    assert x[16, 16, 0] > 200 and x[16, 16, 2] < 50  # the first picture, red
+
+
+def test_a_webp_larger_than_its_own_limit_is_refused_before_decoding() -> None:
+    with pytest.raises(inference.ImageError, match="4100x4000 pixels, more than the 16-million-pixel limit of a WebP"):
+        inference.prepare(images.webp_declaring(4100, 4000))
+    assert inference.MAX_WEBP_PIXELS < 4100 * 4000 < inference.MAX_PIXELS
+
+
+def test_a_large_picture_is_shrunk_to_what_the_preview_and_the_view_need() -> None:
+    assert inference.reduction(8000, 5000) == 13 and inference.reduction(640, 480) == 1
+    assert inference.reduction(10000, 20) == 1  # a strip keeps its short side: the model sees its middle square
+    for w, h in [(8000, 5000), (5000, 8000), (3000, 500), (40000, 1000), (700, 700)]:
+        f = inference.reduction(w, h)
+        assert min(w, h) // f >= 128 and max(w, h) // f >= 600  # 4x the 32x32 view and the 150-pixel preview
+    big = images.gradient(3000, 2000)
+    img = inference.open_image(images.encode(big, "PNG"))
+    assert img.size == (600, 400)
+    full = np.asarray(inference.model_view(big), int)  # what the view was when made from the whole picture
+    assert np.abs(np.asarray(inference.model_view(img), int) - full).max() <= 2
+
+
+# Measured in a fresh process, whose peak memory is its own: this one's may already be above what a picture costs.
+# Its peak is VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child's starts at this
+# process's peak (measured: 312 MB in a child of a 312 MB parent, whose VmHWM was 9 MB).
+MEASURE = """
+import json, sys, time
+from deconv import inference
+
+def peak_mb():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
+
+inference.prepare(sys.argv[2])  # Pillow's PNG reader loaded before measuring
+content = open(sys.argv[1], "rb").read()
+before, start = peak_mb(), time.perf_counter()
+picture = inference.Pictures().add("big.png", content)
+print(json.dumps({"grown_mb": peak_mb() - before, "seconds": time.perf_counter() - start,
+                  "row": picture.view[16, :, 0].tolist()}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak memory from Linux's /proc")
+def test_a_huge_sixteen_bit_png_costs_little_memory(tmp_path: Path) -> None:
+    (tmp_path / "big.png").write_bytes(images.sixteen_bit_png(8000, 5000))  # 89 kB; 80 MB decoded
+    (tmp_path / "small.png").write_bytes(images.good()["photo.png"])
+    done = subprocess.run([sys.executable, "-c", MEASURE, str(tmp_path / "big.png"), str(tmp_path / "small.png")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    measured = json.loads(done.stdout)
+    print(f"16-bit 8000x5000 PNG: +{measured['grown_mb']:.0f} MB peak, {measured['seconds']:.2f} s")
+    # 1 GB and 4.6 s when it was converted whole to float64; now about the 80 MB of the decoded picture
+    assert measured["grown_mb"] < 300, f"peak memory grew by {measured['grown_mb']:.0f} MB"
+    row = measured["row"]  # the middle of the gradient, kept in 8 bits: darker at the left, brighter at the right
+    assert row == sorted(row) and 40 < row[0] < row[-1] < 215
 
 
 def test_exif_orientation_is_applied() -> None:
@@ -165,6 +256,56 @@ def test_pictures_keep_only_the_newest_up_to_the_limit() -> None:
     assert inference.Pictures().limit == inference.MAX_PICTURES == 20
     with pytest.raises(ValueError):
         inference.Pictures(limit=0)
+
+
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The contents inference.open_image is asked to decode from now on, in order."""
+    asked: list[bytes] = []
+    real = inference.open_image
+
+    def counted(content: bytes) -> Image.Image:
+        asked.append(content)
+        return real(content)
+
+    monkeypatch.setattr(inference, "open_image", counted)
+    return asked
+
+
+def test_the_same_bytes_are_decoded_once_whatever_their_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = decodes(monkeypatch)
+    pictures = inference.Pictures()
+    first = pictures.add("red.png", png((255, 0, 0)))
+    copy = pictures.add("copy of red.png", png((255, 0, 0)))
+    assert copy is not first and copy.view is first.view and copy.preview is first.preview
+    assert not copy.view.flags.writeable  # shared, so never changed in place
+    pictures.upload([("notes.png", b"just some text"), ("notes again.png", b"just some text")])
+    pictures.upload([("notes.png", b"just some text")])
+    assert len(asked) == 2  # the red picture and the text, once each
+    assert [why for _, why in pictures.problems] == ["it is not an image in a format taken here (" + TAKEN + ")"]
+
+
+def test_an_upload_reads_twenty_files_and_counts_the_ones_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = decodes(monkeypatch)
+    pictures = inference.Pictures()
+    files = [(f"{i}.png", png((i * 10, 0, 0))) for i in range(inference.MAX_FILES_PER_UPLOAD + 5)]
+    pictures.upload(files)
+    assert inference.MAX_FILES_PER_UPLOAD == 20 and len(asked) == 20 and pictures.left_out == 5
+    assert [p.name for p in pictures] == [f"{i}.png" for i in range(20)]
+    pictures.upload(files[:1])
+    assert pictures.left_out == 0 and len(asked) == 20  # counted per upload; a kept file is not decoded again
+    pictures.upload(files)
+    pictures.clear()
+    assert pictures.left_out == 0 and not pictures.refused
+
+
+def test_no_decoded_picture_or_file_outlives_an_upload() -> None:
+    pictures = inference.Pictures()
+    pictures.upload([("big.png", images.encode(images.gradient(2400, 1800), "PNG")), ("bad.png", b"x" * 100)])
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, Image.Image) and o.width >= 600]
+    kept = [v for p in pictures for v in vars(p).values()] + [v for v in vars(pictures).values()]
+    assert not any(isinstance(v, (bytes, bytearray, Image.Image)) for v in kept)
+    assert sum(p.preview.nbytes + p.view.nbytes for p in pictures) < 80_000  # a preview and the 32x32 view
 
 
 def test_an_upload_keeps_the_good_files_and_says_why_the_others_failed() -> None:
