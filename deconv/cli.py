@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
 from deconv.config import PRESETS, ModelConfig, Spec, TrainConfig, preset
+from deconv.jobs import watch_lifeline
 
 ALIASES = {"learning_rate": ["--lr"]}
 STOP = threading.Event()  # set by SIGINT/SIGTERM: training ends after its current batch
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, TrainConfig)
     p.add_argument("--out", required=True, help="run directory to create (must not exist or be empty)")
     p.add_argument("--progress", help="append one JSON line per event to this file")
+    p.add_argument("--owner", default="", help="who asked for this training (the app passes the browser's id); "
+                                               "saved in meta.json")
     p.add_argument("--strategy", choices=STRATEGIES, default="none",
                    help="none: this process as usual; mirrored: tf.distribute.MirroredStrategy over all local GPUs "
                         "(or CPUs); multiworker: tf.distribute.MultiWorkerMirroredStrategy, one process per worker "
@@ -260,7 +263,8 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, args: argparse.
             "params": cost.params, "flops": cost.flops, "label_names": dataset.label_names,
             "data": {"path": str(dataset.source.path), "found_by": dataset.source.how,
                      "train_size": len(dataset.x_train), "val_size": len(dataset.x_val)},
-            "seed": train_config.seed, "val_accuracy": last_val, "strategy": args.strategy, **result.extra}
+            "seed": train_config.seed, "val_accuracy": last_val, "strategy": args.strategy, "owner": args.owner,
+            **result.extra}
     log({"event": "status", "message": "saving the run"})
     try:
         runs.save_run(out, result.model, model_config, train_config, result.history, meta,
@@ -396,6 +400,7 @@ def cmd_worker() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status."""
+    watch_lifeline()  # started by the app's JobManager: end with its server (first thing, before TensorFlow loads)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "train":

@@ -6,14 +6,18 @@ import takes seconds, so each slot keeps a warm worker process that has imported
 waits for its job on stdin. Stop is SIGTERM: the trainer finishes its batch, saves and exits.
 
 A JobManager is meant to be shared by every browser session of one server: it holds the training
-slot limit and the queue. Its one background thread belongs to it, only watches processes and
-files, and ends with `shutdown()`.
+slot limit and the queue, refuses trainings the machine cannot take, and deletes the job folders of
+earlier server lives when it starts. Its one background thread belongs to it, only watches processes
+and files, and ends with `shutdown()`. Every child holds a lifeline to the server (see `Lifeline`)
+and ends itself when the server is gone, even after a SIGKILL.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +34,12 @@ from deconv.cost import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_JOBS_ENV = "DECONV_MAX_JOBS"
+MAX_QUEUE_ENV = "DECONV_MAX_QUEUE"
+MAX_JOB_SECONDS_ENV = "DECONV_MAX_JOB_SECONDS"
+LIFELINE_ENV = "DECONV_LIFELINE_FD"  # the number of the file descriptor a child watches (see Lifeline)
+DEFAULT_MAX_QUEUE = 20
+DEFAULT_MAX_JOB_SECONDS = 2 * 3600.0  # by the estimate of deconv.cost: longer trainings are refused
+JOB_ID = re.compile(r"[0-9a-f]{12}")  # a job's id and the name of its folder in jobs_dir
 ACTIVE = ("queued", "starting", "running")
 OWNER_GRACE_SECONDS = 15.0  # a job whose browser session has been gone this long is stopped
 STOP_GRACE_SECONDS = 60.0  # a job still running this long after Stop is killed
@@ -81,12 +91,61 @@ def memory_check(model_config: ModelConfig, train_config: TrainConfig) -> Memory
     return MemoryCheck(describe(model_config).train_memory_bytes(train_config), available_memory_bytes())
 
 
+QUIET_SECONDS = 600  # a job folder nothing wrote to for this long belongs to no running trainer
+
+
+def _last_written(folder: Path) -> float:
+    """The newest modification time of a folder and the files in it."""
+    times = [folder.stat().st_mtime]
+    for file in folder.iterdir():
+        try:
+            times.append(file.stat().st_mtime)
+        except OSError:
+            continue
+    return max(times)
+
+
 def max_jobs_from_env(default: int = 1) -> int:
     """The training-slot cap: DECONV_MAX_JOBS, at least 1."""
     try:
         return max(1, int(os.environ.get(MAX_JOBS_ENV, default)))
     except ValueError:
         return default
+
+
+def max_queue_from_env(default: int = DEFAULT_MAX_QUEUE) -> int:
+    """How many trainings may wait for a slot: DECONV_MAX_QUEUE, 0 or more (0: none waits); the default if not."""
+    try:
+        value = int(os.environ.get(MAX_QUEUE_ENV, default))
+    except ValueError:
+        return default
+    return value if value >= 0 else default
+
+
+def max_job_seconds_from_env(default: float = DEFAULT_MAX_JOB_SECONDS) -> float:
+    """The longest estimated training accepted: DECONV_MAX_JOB_SECONDS, above 0 (inf: no limit); the default if not."""
+    try:
+        value = float(os.environ.get(MAX_JOB_SECONDS_ENV, default))
+    except ValueError:
+        return default
+    return value if value > 0 and not math.isnan(value) else default
+
+
+class JobRefused(Exception):
+    """A training this server will not take; the message says why and what to do, `reason` is memory, time or queue."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def fmt_duration(seconds: float) -> str:
+    """Seconds as s, min or h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:,.1f} h"
 
 
 def config_argv(model_config: ModelConfig, train_config: TrainConfig) -> list[str]:
@@ -98,13 +157,75 @@ def config_argv(model_config: ModelConfig, train_config: TrainConfig) -> list[st
     return argv
 
 
+# Only the server holds a lifeline's write end (os.pipe's ends are not inheritable, and Popen closes every
+# descriptor but pass_fds), so the child reads end-of-file when the server closes it or dies in any way, SIGKILL
+# included. PR_SET_PDEATHSIG would not do: it fires when the *thread* that started the child exits, and Streamlit's
+# script threads come and go while trainings run.
+class Lifeline:
+    """The write end of a pipe whose read end one child watches: when no write end is left, the child ends itself."""
+
+    def __init__(self) -> None:
+        self.child_end, self._write_end = os.pipe()
+        self.closed = False
+        self._lock = threading.Lock()  # the watcher and shutdown() may both close: twice could close a reused fd
+
+    def close(self) -> None:
+        """Let go of the child: a child still running ends at once (call it once the child has ended, or to end it)."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                os.close(self._write_end)
+
+
+def spawn(argv: list[str], env: dict[str, str] | None, **popen: Any) -> tuple[subprocess.Popen, Lifeline]:
+    """Start `python -m deconv ARGV` in a session of its own, tied to this process by a lifeline."""
+    lifeline = Lifeline()
+    child_env = {**(os.environ if env is None else env), LIFELINE_ENV: str(lifeline.child_end)}
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "deconv", *argv], cwd=ROOT, env=child_env,
+                                pass_fds=(lifeline.child_end,), start_new_session=True, **popen)
+    except OSError:
+        lifeline.close()
+        raise
+    finally:
+        os.close(lifeline.child_end)  # the child has its own copy; ours would only leak
+    return proc, lifeline
+
+
+def watch_lifeline() -> None:
+    """In a child started by `spawn`: end this process, and its process group, as soon as the server is gone."""
+    text = os.environ.pop(LIFELINE_ENV, None)  # once (a worker runs main() again for its job); not for grandchildren
+    if text is None:
+        return
+    try:
+        fd = int(text)
+        os.fstat(fd)
+    except (ValueError, OSError):
+        print(f"warning: {LIFELINE_ENV}={text!r} is not an open file descriptor; this process will not end with "
+              "the server", file=sys.stderr)
+        return
+    threading.Thread(target=_end_with_server, args=(fd,), name="deconv-lifeline", daemon=True).start()
+
+
+def _end_with_server(fd: int) -> None:
+    """Block until every write end of the lifeline is closed, then end at once (nothing to save for nobody)."""
+    try:
+        while os.read(fd, 1):  # the server never writes: any data is ignored, b"" is end-of-file
+            pass
+    except OSError as e:  # the descriptor was closed under us: the server's state is unknown, so keep running
+        print(f"warning: lost the lifeline to the server ({e}); this process will not end with it", file=sys.stderr)
+        return
+    if os.getpgrp() == os.getpid():  # a group of our own (start_new_session): take any helper processes along
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    os._exit(1)
+
+
 class Worker:
     """A `python -m deconv worker` process that has imported TensorFlow and waits for one job."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "deconv", "worker"], cwd=ROOT, stdin=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
-                                     env=env, start_new_session=True)
+        self.proc, self.lifeline = spawn(["worker"], env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, text=True)
 
     def alive(self) -> bool:
         """Whether the process still runs."""
@@ -118,10 +239,11 @@ class Worker:
         return self.proc
 
     def kill(self) -> None:
-        """End an idle worker."""
+        """End an idle worker (or forget a dead one) and close its lifeline."""
         if self.alive():
             self.proc.kill()
             self.proc.wait()
+        self.lifeline.close()
 
 
 @dataclass
@@ -140,6 +262,7 @@ class Job:
     started: float | None = None
     ended: float | None = None
     proc: subprocess.Popen | None = None
+    lifeline: Lifeline | None = None  # held while the trainer runs; closing it ends the trainer
     stop_requested: float = 0.0  # when Stop was asked (0: not asked)
     _events: list[dict[str, Any]] = field(default_factory=list)
     _offset: int = 0
@@ -209,19 +332,26 @@ class Job:
 class JobManager:
     """Runs at most `max_jobs` trainings at once for all sessions, queues the rest, reaps and cleans up."""
 
+    # is_alive(session): whether a browser session is still open. max_queue and max_job_seconds bound what submit
+    # accepts; None reads them from DECONV_MAX_QUEUE and DECONV_MAX_JOB_SECONDS.
+
     def __init__(self, jobs_dir: Path, max_jobs: int = 1, is_alive: Callable[[str], bool] | None = None,
-                 warm: bool = True, poll_seconds: float = 0.25, env: dict[str, str] | None = None) -> None:
+                 warm: bool = True, poll_seconds: float = 0.25, env: dict[str, str] | None = None,
+                 max_queue: int | None = None, max_job_seconds: float | None = None) -> None:
         self.jobs_dir = Path(jobs_dir)
         self.max_jobs = max_jobs
-        self.is_alive = is_alive or (lambda owner: True)
+        self.max_queue = max_queue_from_env() if max_queue is None else max_queue
+        self.max_job_seconds = max_job_seconds_from_env() if max_job_seconds is None else max_job_seconds
+        self.is_alive = is_alive or (lambda session: True)
         self.warm = warm
         self.env = env
         self.jobs: list[Job] = []
         self.workers: list[Worker] = []
         self._gone_since: dict[str, float] = {}
-        self._sessions: dict[str, str] = {}  # owner -> its latest browser session
+        self._sessions: dict[str, set[str]] = {}  # owner -> its open browser sessions (one per tab)
         self._lock = threading.RLock()
         self._stopping = threading.Event()
+        self.sweep()
         if warm:
             self._top_up_workers()
         self._thread = threading.Thread(target=self._loop, args=(poll_seconds,), name="deconv-jobs", daemon=True)
@@ -230,11 +360,17 @@ class JobManager:
     # ---- requests from sessions
 
     def submit(self, owner: str, model_config: ModelConfig, train_config: TrainConfig, run_dir: Path) -> Job:
-        """Queue a training for `owner`; an owner with an active job gets that job back, not a second one."""
+        """Queue a training for `owner` (JobRefused if too big, too long or the queue is full); an owner with an active
+        job gets that job back, not a second one."""
         with self._lock:
             current = self.active_job(owner)
             if current:
                 return current
+            try:
+                self._admit(model_config, train_config)
+            except JobRefused:
+                _give_back(Path(run_dir))  # the caller reserved it for this job
+                raise
             job_id = uuid.uuid4().hex[:12]
             job = Job(job_id, owner, model_config, train_config, Path(run_dir), self.jobs_dir / job_id)
             job.dir.mkdir(parents=True, exist_ok=True)
@@ -243,9 +379,25 @@ class JobManager:
             return job
 
     def touch(self, owner: str, session: str) -> None:
-        """Record the browser session an owner uses now (a refreshed page is a new session)."""
+        """Record a browser session of an owner (a refreshed page or another tab is a new session)."""
         with self._lock:
-            self._sessions[owner] = session
+            self._sessions.setdefault(owner, set()).add(session)
+
+    def sweep(self) -> None:
+        """Delete the job folders in jobs_dir that no job of this manager owns and nothing has written to for a
+        while; leave anything else there alone."""
+        # They hold logs of earlier server lives, whose trainers ended with that server (see Lifeline). A folder
+        # written to lately may belong to another server sharing the runs folder: its trainer appends every second.
+        with self._lock:
+            owned = {j.dir.name for j in self.jobs}
+            try:
+                entries = list(self.jobs_dir.iterdir())
+            except FileNotFoundError:
+                return
+            for path in entries:
+                if JOB_ID.fullmatch(path.name) and path.name not in owned and path.is_dir() and not path.is_symlink() \
+                        and time.time() - _last_written(path) > QUIET_SECONDS:
+                    shutil.rmtree(path, ignore_errors=True)
 
     def active_job(self, owner: str) -> Job | None:
         """The owner's queued or running job."""
@@ -301,6 +453,8 @@ class JobManager:
                     job.proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     job.proc.kill()
+            if job.lifeline is not None:
+                job.lifeline.close()
         self._thread.join(timeout=5)
 
     # ---- the watcher
@@ -331,9 +485,40 @@ class JobManager:
             for job in old:  # its run, if any, is saved elsewhere; the logs and progress file can go
                 shutil.rmtree(job.dir, ignore_errors=True)
             self.jobs = [j for j in self.jobs if j not in old]
+            for owner in list(self._sessions):  # forget owners whose tabs are all closed, unless a job waits on them
+                if not self._owner_alive(owner) and self.active_job(owner) is None:
+                    del self._sessions[owner]
+                    self._gone_since.pop(owner, None)
+
+    def _admit(self, model_config: ModelConfig, train_config: TrainConfig) -> None:
+        """Raise JobRefused if this server should not take the training (what the user can change is checked first)."""
+        memory = memory_check(model_config, train_config)
+        if not memory.fits:
+            raise JobRefused(f"Not enough memory for this training: it would need {memory.describe()}. Use a smaller "
+                             "batch size or fewer or narrower blocks, or try again when other trainings have ended.",
+                             "memory")
+        seconds = describe(model_config).train_seconds(train_config)
+        if seconds > self.max_job_seconds:
+            raise JobRefused(f"This training would take about {fmt_duration(seconds)} by the estimate, longer than "
+                             f"this server allows one training ({fmt_duration(self.max_job_seconds)}). Use fewer "
+                             "epochs or training images, or a smaller network.", "time")
+        queued = sum(j.state == "queued" for j in self.jobs)
+        if len(self.running()) + queued >= self.max_jobs and queued >= self.max_queue:
+            waiting = (f"{queued} training{' is' if queued == 1 else 's are'} already waiting for a slot, as many as "
+                       "this server queues" if self.max_queue else "every training slot is busy and this server keeps "
+                       "no queue")
+            raise JobRefused(f"The server is full: {waiting}. Try again in a few minutes.", "queue")
+
+    def _owner_alive(self, owner: str) -> bool:
+        """Whether any browser session of the owner is open; closed ones are forgotten."""
+        sessions = self._sessions.get(owner)
+        if sessions is None:  # never touched (a caller outside the app): ask about the owner itself
+            return self.is_alive(owner)
+        sessions.difference_update([s for s in sessions if not self.is_alive(s)])
+        return bool(sessions)
 
     def _check_owner(self, job: Job, now: float) -> None:
-        if self.is_alive(self._sessions.get(job.owner, job.owner)):
+        if self._owner_alive(job.owner):
             self._gone_since.pop(job.owner, None)
             return
         since = self._gone_since.setdefault(job.owner, now)
@@ -353,16 +538,19 @@ class JobManager:
         else:
             tail = job.stderr_tail()
             self._end(job, "error", f"the training process ended unexpectedly (exit code {code})" + (f": {tail}" if tail else ""))
+        if job.lifeline is not None:
+            job.lifeline.close()
         if self.warm:
             self._top_up_workers()
 
     def _end(self, job: Job, state: str, message: str) -> None:
         job.state, job.message, job.ended = state, message, time.time()
-        if job.run_dir.is_dir() and not any(job.run_dir.iterdir()):
-            job.run_dir.rmdir()  # nothing was saved: give back the reserved name
+        _give_back(job.run_dir)
 
     def _top_up_workers(self) -> None:
-        self.workers = [w for w in self.workers if w.alive()]
+        for w in [w for w in self.workers if not w.alive()]:
+            w.kill()  # closes its lifeline
+            self.workers.remove(w)
         while not self._stopping.is_set() and len(self.workers) + len(self.running()) < self.max_jobs:
             self.workers.append(Worker(self.env))
 
@@ -370,19 +558,25 @@ class JobManager:
         free = self.max_jobs - len(self.running())
         for job in [j for j in self.jobs if j.state == "queued"][:max(free, 0)]:
             argv = ["train", *config_argv(job.model_config, job.train_config), "--out", str(job.run_dir),
-                    "--progress", str(job.progress_path)]
+                    "--progress", str(job.progress_path), f"--owner={job.owner}"]  # '=': an owner may start with '-'
             stdout, stderr = job.dir / "stdout.log", job.dir / "stderr.log"
             worker = next((w for w in self.workers if w.alive()), None)
             try:
                 if worker is not None:
                     self.workers.remove(worker)
-                    job.proc = worker.start(argv, stdout, stderr)
+                    job.proc, job.lifeline = worker.start(argv, stdout, stderr), worker.lifeline
                 else:
                     with open(stdout, "w") as out, open(stderr, "w") as err:
-                        job.proc = subprocess.Popen([sys.executable, "-m", "deconv", *argv], cwd=ROOT, stdout=out,
-                                                    stderr=err, stdin=subprocess.DEVNULL, env=self.env,
-                                                    start_new_session=True)
+                        job.proc, job.lifeline = spawn(argv, self.env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
             except OSError as e:  # the worker died just now, or no process could be started
+                if worker is not None:
+                    worker.kill()
                 self._end(job, "error", f"the trainer could not be started: {e.strerror or e}")
                 continue
             job.state, job.started = "starting", time.time()
+
+
+def _give_back(run_dir: Path) -> None:
+    """Remove a reserved run folder that nothing was saved in, so its name can be used again."""
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()

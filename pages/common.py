@@ -140,7 +140,12 @@ def start_training() -> None:
     except runs.RunError as e:  # train anyway: the result is shown even if the model cannot be kept
         st.session_state[SAVE_PROBLEM] = f"{e}. The network trains and its result is shown, but it cannot be saved"
         run_dir = Path(runs_dir()) / runs.run_name(model_config)
-    job_manager().submit(owner(), model_config, st.session_state[TRAIN], run_dir)
+    from deconv.jobs import JobRefused
+
+    try:
+        job_manager().submit(owner(), model_config, st.session_state[TRAIN], run_dir)
+    except JobRefused as e:  # too big, too long, or too many waiting: the page says which
+        st.session_state[SAVE_PROBLEM] = f"Not started: {str(e).rstrip('.')}"
 
 
 def owner() -> str:

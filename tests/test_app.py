@@ -444,3 +444,14 @@ def test_a_model_name_of_300_characters_in_a_link_is_ignored(app_env: Path) -> N
     at.query_params["model"] = "x" * 300
     at.run()
     assert not at.exception and at.session_state["active_run"] is None
+
+
+def test_a_training_longer_than_the_server_allows_is_refused_with_the_reason(app_env: Path, monkeypatch) -> None:
+    from pages import common
+
+    monkeypatch.setattr(common.job_manager(), "max_job_seconds", 1.0)
+    at = small_training(page("pages/train.py"), epochs=200)
+    button(at, "Train").click().run()
+    assert not at.exception and "Not started: This training would take about" in at.warning[0].value
+    assert not at.warning[0].value.endswith("..")
+    assert common.job_manager().active_job(at.session_state["client"]) is None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from deconv.cli import build_parser
 from tests import images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +60,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data_dir = write_cifar(tmp / "data")
     run_dir, progress = tmp / "run", tmp / "progress.jsonl"
     r = cli("train", "--data-dir", str(data_dir), *SMALL, "--epochs", "2", "--out", str(run_dir),
-            "--progress", str(progress))
+            "--progress", str(progress), "--owner=-browser")
     assert r.returncode == 0, r.stderr
     summary = last_json(r.stdout)
     assert summary["run_dir"] == str(run_dir) and summary["epochs"] == 2 and summary["status"] == "finished"
@@ -74,6 +75,12 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_writes_a_run_and_a_progress_file(trained_run: Path) -> None:
     assert sorted(p.name for p in trained_run.iterdir()) == ["config.json", "history.json", "meta.json", "model.keras",
                                                              "report.json"]
+
+
+def test_the_run_records_who_trained_it(trained_run: Path, tmp_path: Path) -> None:
+    assert json.loads((trained_run / "meta.json").read_text())["owner"] == "-browser"
+    args = build_parser().parse_args(["train", "--out", str(tmp_path / "run")])
+    assert args.owner == ""  # trained from a shell: nobody in particular
 
 
 def test_the_trainer_saves_the_validation_report_of_the_saved_weights(trained_run: Path) -> None:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from deconv import runs
-from deconv.config import ModelConfig, TrainConfig
-from deconv.jobs import JobManager, config_argv
+from deconv.config import ModelConfig, TrainConfig, preset
+from deconv.jobs import (QUIET_SECONDS, JobManager, JobRefused, config_argv, max_job_seconds_from_env,
+                         max_queue_from_env, spawn)
 from deconv.cli import build_parser, configs_from_args
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SMALL_MODEL = ModelConfig(widths=(8,))
 SMALL_TRAIN = TrainConfig(train_size=300, val_size=100, epochs=2, batch_size=20)
@@ -49,7 +56,7 @@ def test_a_job_trains_writes_progress_and_saves_a_run(manager: JobManager, tmp_p
     assert job.state == "finished", job.message
     assert len(job.epochs()) == 2 and job.latest("end")["status"] == "finished" and job.fraction_done() == 1.0
     info = runs.read_run(job.run_dir)
-    assert info.model_config == SMALL_MODEL and len(info.history) == 2
+    assert info.model_config == SMALL_MODEL and len(info.history) == 2 and info.meta.owner == "a"
     assert runs.list_runs(tmp_path / "runs")[1] == []  # the jobs folder is not taken for a broken run
 
 
@@ -115,3 +122,193 @@ def test_a_killed_trainer_is_reported_and_the_server_side_carries_on(manager: Jo
     after = manager.submit("a", SMALL_MODEL, SMALL_TRAIN, tmp_path / "runs" / "r2")
     wait_for(lambda: not after.active)
     assert after.state == "finished"
+
+
+# ---- a shared server: children end with it, old logs go, oversized or surplus jobs are refused, tabs share a job
+
+# A server as `streamlit run` holds one: a JobManager with a long training under way and one more warm worker.
+SERVER = """
+import json, sys, time
+from deconv.config import ModelConfig, TrainConfig
+from deconv.jobs import JobManager
+
+jobs_dir, run_dir, model, train = sys.argv[1:]
+manager = JobManager(jobs_dir, max_jobs=2, poll_seconds=0.1)
+job = manager.submit("a", ModelConfig.from_dict(json.loads(model)), TrainConfig.from_dict(json.loads(train)), run_dir)
+deadline = time.time() + 180
+while job.active and job.latest("batch") is None and time.time() < deadline:
+    time.sleep(0.1)
+print(json.dumps({"batch": job.latest("batch") is not None, "trainer": job.proc.pid,
+                  "workers": [w.proc.pid for w in manager.workers]}), flush=True)
+time.sleep(600)
+"""
+
+
+def gone(pid: int) -> bool:
+    """Ended: no such process, or a zombie nobody reaps (a container's init may not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def lifeline_writers(pids: list[int]) -> list[tuple[int, int]]:
+    """(holder, child) for each of `pids` that holds the write end of a child's lifeline: none should."""
+    inodes = {}
+    for pid in pids:
+        env = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
+        inodes[os.stat(f"/proc/{pid}/fd/{env['DECONV_LIFELINE_FD']}").st_ino] = pid
+    found = []
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                flags = next(line for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines()
+                             if line.startswith("flags:"))
+            except FileNotFoundError:  # closed while we looked (TensorFlow opens and closes files)
+                continue
+            inode = int(target[len("pipe:["):-1]) if target.startswith("pipe:[") else None
+            if inode in inodes and int(flags.split()[1], 8) & os.O_ACCMODE == os.O_WRONLY:
+                found.append((pid, inodes[inode]))
+    return found
+
+
+def test_trainers_and_warm_workers_end_when_the_server_is_killed(tmp_path: Path, cifar_dir: Path) -> None:
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(tmp_path / "jobs"), str(tmp_path / "runs" / "r1"),
+                               json.dumps(SMALL_MODEL.to_dict()), json.dumps(LONG_TRAIN.to_dict())],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    children: list[int] = []
+    try:
+        started = json.loads(server.stdout.readline())
+        children = [started["trainer"], *started["workers"]]
+        assert started["batch"] and len(children) == 2 and not any(map(gone, children))
+        assert lifeline_writers(children) == []  # only the server holds them: its death is every child's end-of-file
+        server.kill()
+        server.wait()
+        killed = time.time()
+        wait_for(lambda: all(map(gone, children)), timeout=10)
+        assert time.time() - killed < 10
+    finally:
+        server.kill()
+        server.wait()
+        for pid in children:
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_child_ends_as_soon_as_its_lifeline_is_closed(tmp_path: Path) -> None:
+    proc, lifeline = spawn(["worker"], None, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)  # it is importing TensorFlow: the lifeline is watched from the very start
+        assert proc.poll() is None
+        lifeline.close()
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
+        lifeline.close()
+
+
+def test_job_folders_of_earlier_server_lives_are_deleted_at_start_and_nothing_else(tmp_path: Path) -> None:
+    jobs_dir = tmp_path / ".jobs"
+    for job_id in ("0123456789ab", "fedcba987654"):
+        (jobs_dir / job_id).mkdir(parents=True)
+        (jobs_dir / job_id / "progress.jsonl").write_text("{}\n")
+    old = time.time() - 2 * QUIET_SECONDS
+    for path in (jobs_dir / "0123456789ab", jobs_dir / "0123456789ab" / "progress.jsonl"):
+        os.utime(path, (old, old))
+    for other in ("notes", "0123456789abc", "0123456789AB"):
+        (jobs_dir / other).mkdir()
+    (jobs_dir / "abcdefabcdef").write_text("a file, not a job folder")
+    manager = JobManager(jobs_dir, max_jobs=0, warm=False, poll_seconds=0.1)
+    try:  # the quiet one goes; one written to just now may be another server's running job, and stays
+        assert sorted(p.name for p in jobs_dir.iterdir()) == ["0123456789AB", "0123456789abc", "abcdefabcdef",
+                                                              "fedcba987654", "notes"]
+        job = manager.submit("a", SMALL_MODEL, SMALL_TRAIN, tmp_path / "r1")
+        manager.sweep()
+        assert job.dir.is_dir()  # a job of this manager keeps its folder
+    finally:
+        manager.shutdown()
+
+
+@pytest.fixture
+def full_manager(tmp_path: Path):
+    """A manager whose slots are all taken (none), so submitted jobs wait; no process is started."""
+    alive: dict[str, bool] = {}
+    m = JobManager(tmp_path / ".jobs", max_jobs=0, warm=False, poll_seconds=0.05, max_queue=2,
+                   is_alive=lambda session: alive.get(session, True))
+    m.alive = alive
+    yield m
+    m.shutdown()
+
+
+def test_a_training_that_does_not_fit_in_memory_is_refused(full_manager: JobManager, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("deconv.jobs.available_memory_bytes", lambda: 64 * 2**30)
+    run_dir = tmp_path / "runs" / "big"
+    run_dir.mkdir(parents=True)  # reserved as the app does
+    with pytest.raises(JobRefused, match="Not enough memory.*smaller batch size") as refused:
+        full_manager.submit("a", preset("article"), TrainConfig(batch_size=1024), run_dir)  # about 200 GiB
+    assert refused.value.reason == "memory" and full_manager.jobs == [] and not run_dir.exists()
+    monkeypatch.setattr("deconv.jobs.available_memory_bytes", lambda: 2**29)
+    with pytest.raises(JobRefused, match="Not enough memory"):
+        full_manager.submit("a", SMALL_MODEL, SMALL_TRAIN, tmp_path / "runs" / "small")
+
+
+def test_a_training_estimated_longer_than_the_limit_is_refused(full_manager: JobManager, tmp_path: Path) -> None:
+    with pytest.raises(JobRefused, match=r"about 2\.3 h .*\(2\.0 h\)\. Use fewer epochs") as refused:
+        full_manager.submit("a", ModelConfig(), TrainConfig(train_size=50_000, epochs=200), tmp_path / "r1")
+    assert refused.value.reason == "time" and full_manager.jobs == []
+    full_manager.max_job_seconds = 5.0  # the tiny network still pays the start-up estimate
+    with pytest.raises(JobRefused, match="longer than this server allows one training"):
+        full_manager.submit("a", SMALL_MODEL, SMALL_TRAIN, tmp_path / "r2")
+
+
+def test_a_full_queue_refuses_new_jobs_but_an_owner_gets_its_own_job_back(full_manager: JobManager,
+                                                                         tmp_path: Path) -> None:
+    first = full_manager.submit("a", SMALL_MODEL, SMALL_TRAIN, tmp_path / "r1")
+    full_manager.submit("b", SMALL_MODEL, SMALL_TRAIN, tmp_path / "r2")
+    with pytest.raises(JobRefused, match="2 trainings are already waiting.*Try again") as refused:
+        full_manager.submit("c", SMALL_MODEL, SMALL_TRAIN, tmp_path / "r3")
+    assert refused.value.reason == "queue"
+    too_long = TrainConfig(train_size=50_000, epochs=200)
+    assert full_manager.submit("a", ModelConfig(), too_long, tmp_path / "r4") is first  # before any check
+    full_manager.stop(first)
+    assert full_manager.submit("c", SMALL_MODEL, SMALL_TRAIN, tmp_path / "r3").state == "queued"
+    full_manager.max_queue = 0
+    with pytest.raises(JobRefused, match="keeps no queue"):
+        full_manager.submit("d", SMALL_MODEL, SMALL_TRAIN, tmp_path / "r5")
+
+
+def test_limits_come_from_the_environment_and_a_bad_value_means_the_default(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    assert max_queue_from_env() == 20 and max_job_seconds_from_env() == 7200
+    monkeypatch.setenv("DECONV_MAX_QUEUE", "3")
+    monkeypatch.setenv("DECONV_MAX_JOB_SECONDS", "600")
+    manager = JobManager(tmp_path / ".jobs", warm=False)
+    manager.shutdown()
+    assert (manager.max_queue, manager.max_job_seconds) == (3, 600.0)
+    for queue, seconds in (("many", "soon"), ("-1", "0"), ("2.5", "nan")):
+        monkeypatch.setenv("DECONV_MAX_QUEUE", queue)
+        monkeypatch.setenv("DECONV_MAX_JOB_SECONDS", seconds)
+        assert (max_queue_from_env(), max_job_seconds_from_env()) == (20, 7200)
+    monkeypatch.setenv("DECONV_MAX_QUEUE", "0")
+    monkeypatch.setenv("DECONV_MAX_JOB_SECONDS", "inf")
+    assert (max_queue_from_env(), max_job_seconds_from_env()) == (0, float("inf"))
+
+
+def test_a_job_lives_while_any_tab_of_its_owner_is_open(full_manager: JobManager, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("deconv.jobs.OWNER_GRACE_SECONDS", 0.2)
+    full_manager.touch("a", "older tab")
+    full_manager.touch("a", "newer tab")
+    job = full_manager.submit("a", SMALL_MODEL, SMALL_TRAIN, tmp_path / "r1")
+    full_manager.alive["newer tab"] = False
+    time.sleep(1.0)  # many polls, well past the grace time
+    assert job.active and full_manager._sessions["a"] == {"older tab"}  # the closed tab is forgotten
+    full_manager.alive["older tab"] = False
+    wait_for(lambda: not job.active, timeout=10)
+    assert job.state == "cancelled"
+    wait_for(lambda: "a" not in full_manager._sessions, timeout=10)  # an owner with no tab and no job is forgotten
