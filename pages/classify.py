@@ -136,7 +136,7 @@ st.caption(common.architecture_summary(run.model_config)
 try:
     model = common.model_for(run)
 except runs.RunError as e:
-    st.error(f"This run cannot be used: {e}.")
+    st.error(f"This run cannot be used: {common.plain(str(e))}.")
     st.stop()
 labels = inference.label_names_of(run.meta)
 batch = describe(run.model_config).eval_batch()  # the article's network classifies a few images at a time

@@ -344,6 +344,14 @@ def active_run() -> runs.RunInfo | None:
         return None
 
 
+MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|$~<>:])")
+
+
+def plain(text: str) -> str:
+    """Text that came from a file or a visitor, escaped so that Streamlit's markdown shows it as written."""
+    return MARKDOWN.sub(r"\\\1", text)
+
+
 def fmt_count(n: float) -> str:
     """1234567 -> 1.23 M."""
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):

@@ -78,7 +78,7 @@ def import_run() -> None:
                                 owner=common.owner())
         st.session_state["import.outcome"] = f"Imported as **{added.name}**."
     except runs.RunError as e:
-        st.session_state["import.outcome"] = f"Not imported: {e}."
+        st.session_state["import.outcome"] = f"Not imported: {common.plain(str(e))}."
 
 
 if st.session_state.pop("runs.goto_train", False):
@@ -91,7 +91,7 @@ if message := st.session_state.pop("runs.error", None):
 
 saved, broken = runs.list_runs(common.runs_dir())
 for path, why in broken:
-    st.error(f"{path.name} cannot be read and is left out: {why}.", icon=":material/error:")
+    st.error(common.plain(f"{path.name} cannot be read and is left out: {why}."), icon=":material/error:")
 with st.expander("Import a run", icon=":material/upload:"):
     roots = runs.folder_import_roots()
     st.markdown("A run trained elsewhere (`python -m deconv train --out DIR` on a bigger machine): upload a `.zip` "

@@ -403,8 +403,24 @@ def test_a_hostile_run_is_listed_as_broken_and_breaks_no_page(app_env: Path, a_r
             at = page(name)
             assert not at.exception, name
         at = page("pages/runs.py")
-        assert any("hostile cannot be read" in e.value and "val_accuracy" in e.value for e in at.error)
+        assert any("hostile cannot be read" in e.value and "val\\_accuracy" in e.value for e in at.error)
         assert "hostile" not in list(at.dataframe[0].value["run"])
+    finally:
+        shutil.rmtree(hostile)
+
+
+def test_a_broken_runs_reason_quoting_its_file_is_escaped_not_rendered(app_env: Path, a_run: Path) -> None:
+    import shutil
+
+    hostile = app_env / "hostile-config"
+    shutil.copytree(a_run, hostile)
+    config = json.loads((hostile / "config.json").read_text())
+    config["model"]["head"] = "![x](http://example.invalid/x.png)"
+    (hostile / "config.json").write_text(json.dumps(config))
+    try:
+        at = page("pages/runs.py")
+        shown = next(e.value for e in at.error if "hostile\\-config" in e.value)
+        assert "\\!\\[x\\]\\(http" in shown and "![x](http" not in shown  # escaped: no remote image for anyone
     finally:
         shutil.rmtree(hostile)
 
