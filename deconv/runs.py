@@ -619,6 +619,9 @@ def _unpack(source: str | os.PathLike[str] | bytes, tmp: Path, name: str) -> Non
         raise RunError(f"that folder is not a run: {', '.join(missing)} missing")
 
 
+_one_check = threading.Lock()  # shared by every session of the server on purpose: one import check at a time
+
+
 def check_memory_limit(model_config: ModelConfig) -> int:
     """Address space a child checking an uploaded run may use: TensorFlow's own, and room for the weights."""
     return 6 * 2**30 + 8 * describe(model_config).param_bytes
@@ -633,9 +636,10 @@ def check_in_child(run_dir: Path, model_config: ModelConfig) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     try:
-        done = subprocess.run([sys.executable, "-m", "deconv.runcheck", str(run_dir)], capture_output=True,
-                              text=True, timeout=CHECK_SECONDS, preexec_fn=bounded,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        with _one_check:  # each check is a TensorFlow process of about 700 MB: visitors' imports take turns
+            done = subprocess.run([sys.executable, "-m", "deconv.runcheck", str(run_dir)], capture_output=True,
+                                  text=True, timeout=CHECK_SECONDS, preexec_fn=bounded,
+                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     except subprocess.TimeoutExpired:
         raise RunError(f"its weights did not load within {CHECK_SECONDS} s") from None
     if done.returncode != 0:

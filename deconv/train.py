@@ -367,8 +367,8 @@ def forward(model: keras.Model) -> Any:
     """
     fn = getattr(model, "_forward", None)
     if fn is None:
-        fn = tf.function(lambda images: model(images, training=False),
-                         input_signature=[IMAGES_SPEC]).get_concrete_function()
+        fn = tf.function(lambda images: model(images, training=False), input_signature=[IMAGES_SPEC],
+                         autograph=False).get_concrete_function()  # plain tensor code: no converted file in /tmp
         object.__setattr__(model, "_forward", fn)  # past Keras' attribute tracking: not a layer or a weight
     return fn
 
