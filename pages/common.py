@@ -344,7 +344,7 @@ def active_run() -> runs.RunInfo | None:
         return None
 
 
-MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|$~<>:])")
+MARKDOWN = re.compile(r"([\\`*_{}\[\]()#!|$~<>:])")  # what starts emphasis, a link (http: too), an image, code
 
 
 def plain(text: str) -> str:
