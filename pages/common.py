@@ -19,6 +19,7 @@ import streamlit as st
 from deconv import glossary, runs
 from deconv.config import ModelConfig, TrainConfig, field_spec
 from deconv.cost import describe
+from deconv.jobs import fmt_duration
 
 MODEL, TRAIN, ACTIVE_RUN, CLIENT = "model_config", "train_config", "active_run", "client"
 URL_NOTES = "url_notes"  # session key: what was clamped in the link this session was opened with
@@ -360,13 +361,7 @@ def fmt_count(n: float) -> str:
     return f"{n:.0f}"
 
 
-def fmt_seconds(s: float) -> str:
-    """Seconds as s, min or h."""
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
+fmt_seconds = fmt_duration  # seconds as s, min or h, as the job manager words its refusals
 
 
 def architecture_summary(config: ModelConfig) -> str:
