@@ -101,7 +101,7 @@ def show(key: str, name: str, preview: Image.Image | np.ndarray, view: np.ndarra
          true: str | None, run: runs.RunInfo, labels: list[str]) -> None:
     """One image: its preview, as the model sees it, the top-5 chart, and on request a look inside."""
     a, b, c = st.columns([1, 1, 3], vertical_alignment="center")
-    a.image(preview, caption=name)
+    a.image(preview, caption=common.plain(name))
     b.image(inference.enlarge(view), caption="what the model sees (32x32)", width=128)
     verdict = "" if true is None else (" ✓" if prediction.labels[0] == true else f" ✗ (true: {true})")
     unsure = prediction.confidence_note(maybe_other=true is None)
@@ -155,7 +155,7 @@ with upload_tab:
         st.session_state[UPLOADER] = generation + 1
         st.rerun()  # with an empty uploader: each picture is shown once, from the kept ones
     for name, problem in pictures.problems:
-        st.error(f"**{name}** cannot be classified: {problem}.")
+        st.error(f"**{common.plain(name)}** cannot be classified: {problem}.")  # the name is the visitor's
     if pictures.left_out:
         st.warning(f"{pictures.left_out} more file{'s were' if pictures.left_out > 1 else ' was'} left out: one "
                    f"upload takes {inference.MAX_FILES_PER_UPLOAD} files at most. Upload the others on their own.")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import streamlit as st
@@ -391,58 +394,48 @@ def test_train_again_starts_a_saved_runs_settings_on_the_train_page(app_env: Pat
     wait_job(lambda j: not job.active, timeout=60)
 
 
-def test_a_hostile_run_is_listed_as_broken_and_breaks_no_page(app_env: Path, a_run: Path) -> None:
-    import shutil
-
-    hostile = app_env / "hostile"
-    shutil.copytree(a_run, hostile)
-    meta = json.loads((hostile / "meta.json").read_text())
-    (hostile / "meta.json").write_text(json.dumps({**meta, "val_accuracy": "high"}))
+@contextlib.contextmanager
+def altered_copy(run: Path, name: str, file: str, change) -> Iterator[Path]:
+    """A copy of a saved run in the runs folder with one JSON file changed by `change(data)`; removed afterwards."""
+    copy = run.parent / name
+    shutil.copytree(run, copy)
+    data = json.loads((copy / file).read_text())
+    change(data)
+    (copy / file).write_text(json.dumps(data))
     try:
+        yield copy
+    finally:
+        shutil.rmtree(copy)
+
+
+def test_a_hostile_run_is_listed_as_broken_and_breaks_no_page(app_env: Path, a_run: Path) -> None:
+    with altered_copy(a_run, "hostile", "meta.json", lambda meta: meta.update(val_accuracy="high")):
         for name in PAGES:
             at = page(name)
             assert not at.exception, name
         at = page("pages/runs.py")
         assert any("hostile cannot be read" in e.value and "val\\_accuracy" in e.value for e in at.error)
         assert "hostile" not in list(at.dataframe[0].value["run"])
-    finally:
-        shutil.rmtree(hostile)
 
 
 def test_a_broken_runs_reason_quoting_its_file_is_escaped_not_rendered(app_env: Path, a_run: Path) -> None:
-    import shutil
-
-    hostile = app_env / "hostile-config"
-    shutil.copytree(a_run, hostile)
-    config = json.loads((hostile / "config.json").read_text())
-    config["model"]["head"] = "![x](http://example.invalid/x.png)"
-    (hostile / "config.json").write_text(json.dumps(config))
-    try:
+    with altered_copy(a_run, "hostile-config", "config.json",
+                      lambda config: config["model"].update(head="![x](http://example.invalid/x.png)")):
         at = page("pages/runs.py")
         shown = next(e.value for e in at.error if "hostile-config" in e.value)
         assert "\\!\\[x\\]\\(http" in shown and "![x](http" not in shown  # escaped: no remote image for anyone
-    finally:
-        shutil.rmtree(hostile)
 
 
 def test_run_supplied_text_is_shown_as_plain_text_and_only_the_owner_may_delete(app_env: Path, a_run: Path) -> None:
-    import shutil
-
-    other = app_env / "someone-elses"
-    shutil.copytree(a_run, other)
-    meta = json.loads((other / "meta.json").read_text())
-    (other / "meta.json").write_text(json.dumps({**meta, "owner": "f" * 16, "saved_at": "9999-12-31T00:00:00+0000",
-                                                "message": "![x](http://example.invalid/x.png)"}))
-    os.utime(other / "model.keras", (1_000_000_000, 1_000_000_000))  # its files say 2001, its meta.json 9999
-    try:
+    hostile = {"owner": "f" * 16, "saved_at": "9999-12-31T00:00:00+0000", "message": "![x](http://example.invalid/x.png)"}
+    with altered_copy(a_run, "someone-elses", "meta.json", lambda meta: meta.update(hostile)) as other:
+        os.utime(other / "model.keras", (1_000_000_000, 1_000_000_000))  # its files say 2001, its meta.json 9999
         at = page("pages/runs.py")
         at.selectbox[0].set_value("someone-elses").run()
         assert any("![x](http://example.invalid/x.png)" in t.value for t in at.text)  # as text, not an image
         assert not [b for b in at.button if b.label == "Delete this run"]
         assert any("Only whoever trained or imported this run can delete it" in c.value for c in at.caption)
         assert at.selectbox[0].options[0] != "someone-elses"  # a date in the future does not make it the newest
-    finally:
-        shutil.rmtree(other)
 
 
 def test_a_full_runs_folder_refuses_a_training_with_the_reason(app_env: Path, monkeypatch) -> None:
