@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -19,12 +18,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
 from deconv.config import PRESETS, ModelConfig, Spec, TrainConfig, preset
+from deconv.distribute import STRATEGIES, TF_CONFIG_EXAMPLE, tf_config_problem
 from deconv.jobs import watch_lifeline
 
 ALIASES = {"learning_rate": ["--lr"]}
 STOP = threading.Event()  # set by SIGINT/SIGTERM: training ends after its current batch
-STRATEGIES = ("none", "mirrored", "multiworker")
-TF_CONFIG_EXAMPLE = '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
 
 
 def install_stop_handlers() -> None:
@@ -38,21 +36,13 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _parser_type(name: str, typ: str, s: Spec) -> Callable[[str], Any]:
-    """An argparse type that parses one config field and names the field and range when it fails."""
+def _parser_type(name: str, s: Spec) -> Callable[[str], Any]:
+    """An argparse type: the field's own parser (`Spec.parse`), its error naming the field and what is allowed."""
     def parse(text: str) -> Any:
         try:
-            if s.min_len is not None:
-                return tuple(int(v) for v in text.split(",") if v.strip())
-            if s.choices:
-                return text
-            if typ == "bool":
-                return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[text.lower()]
-            return int(text) if typ == "int" else float(text)
-        except KeyError:
-            raise argparse.ArgumentTypeError(f"{name}={text!r} is not valid: allowed true or false") from None
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}={text!r} is not valid: allowed {s.describe()}") from None
+            return s.parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{name}={text!r} is not valid: {e}") from None
     return parse
 
 
@@ -64,7 +54,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         default = f.default
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         group.add_argument(_flag(f.name), *ALIASES.get(f.name, []), dest=f.name, default=None,
-                           type=_parser_type(f.name, str(f.type), s), metavar=f.name.split("_")[-1].upper(),
+                           type=_parser_type(f.name, s), metavar=f.name.split("_")[-1].upper(),
                            help=f"{s.help} ({s.describe()}; default {shown})")
 
 
@@ -153,37 +143,8 @@ class ProgressLog:
             self.file.close()
 
 
-def tf_config_problem(text: str | None) -> str | None:
-    """What is wrong with TF_CONFIG for multi-worker training, or None when it names a cluster and this worker in it."""
-    if not text or not text.strip():
-        return "TF_CONFIG is not set"
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as e:
-        return f"TF_CONFIG is not valid JSON ({e})"
-    cluster = config.get("cluster") if isinstance(config, dict) else None
-    if not isinstance(cluster, dict) or ("worker" not in cluster and "chief" not in cluster):
-        return 'TF_CONFIG has no "cluster" with a "worker" list'
-    for job, hosts in cluster.items():
-        if job not in ("chief", "worker"):
-            return f'TF_CONFIG cluster has a "{job}" job: multi-worker training uses only "chief" and "worker"'
-        addresses = hosts if isinstance(hosts, list) else []
-        if not addresses or not all(isinstance(a, str) and re.fullmatch(r"\S+:\d+", a) for a in addresses):
-            return f'TF_CONFIG cluster "{job}" must be a list of "host:port" addresses'
-    if len(cluster.get("chief", [])) > 1:
-        return 'TF_CONFIG cluster "chief" must hold one address'
-    task = config.get("task")
-    if not isinstance(task, dict) or task.get("type") not in cluster:
-        types = " or ".join(map(json.dumps, cluster))
-        return f'TF_CONFIG "task" must name this worker: {{"type": {types}, "index": N}}'
-    index, count = task.get("index", 0), len(cluster[task["type"]])
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
-        return f'TF_CONFIG task index {json.dumps(index)} is not a whole number from 0 to {count - 1}'
-    return None
-
-
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Train, save the run, print the summary JSON line."""
+    """Check the arguments, then run the experiment they describe."""
     try:
         model_config, train_config = configs_from_args(args)
     except ValueError as e:
@@ -194,137 +155,36 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         return _fail(f"{out} already exists and is not empty: choose another --out", 2)
+    from deconv.experiment import Experiment
+
+    experiment = Experiment(model_config, train_config, out, args.data_dir, args.owner, args.strategy)
+    return train_experiment(experiment, args.progress, hint=" (or pass --data-dir)")
+
+
+def train_experiment(experiment: Any, progress: str | None, hint: str = "") -> int:
+    """Run an experiment with stop requests by signal and events logged; print its summary; the exit code."""
+    from deconv import experiment as experiments
+
     install_stop_handlers()
     try:
-        log = ProgressLog(args.progress)
+        log = ProgressLog(progress)
     except OSError as e:
-        return _fail(f"cannot write the progress file {args.progress}: {e.strerror or e}", 2)
+        return _fail(f"cannot write the progress file {progress}: {e.strerror or e}", 2)
     try:
-        return _train(model_config, train_config, args, out, STOP, log)
+        summary = experiments.run(experiment, log, STOP)
     finally:
         log.close()
-
-
-def _train(model_config: ModelConfig, train_config: TrainConfig, args: argparse.Namespace, out: Path,
-           stop: threading.Event, log: ProgressLog) -> int:
-    """The body of `train` once configs are valid."""
-    from deconv import analysis, data, runs
-
-    def end(status: str, message: str, code: int, hint: str = "", **extra: Any) -> int:
-        log({"event": "end", **extra, "status": status, "message": message})
-        if code:
-            print(f"error: {message}{hint}", file=sys.stderr)
-        return code
-
-    log({"event": "status", "message": "loading CIFAR-10"})
-    last = [0.0]
-
-    def download_progress(done: int, total: int) -> None:
-        if time.monotonic() - last[0] > 0.5:
-            last[0] = time.monotonic()
-            log({"event": "download", "done": done, "total": total})
-
-    try:
-        dataset = data.load_dataset(train_config, args.data_dir, download_progress)
-    except data.DataError as e:
-        return end("error", str(e), 1, hint=" (or pass --data-dir)")
-    if stop.is_set():
-        return end("cancelled", "stopped before training began; nothing was saved", 0)
-    log({"event": "status", "message": "building the model", "data": dataset.source.describe()})
-    from deconv import train as training
-    from deconv.cost import describe
-
-    import tensorflow as tf
-
-    try:
-        strategy = make_strategy(args.strategy)
-    except (tf.errors.OpError, RuntimeError, ValueError) as e:  # a TF_CONFIG address that cannot be served, say
-        hint = "; is this worker's TF_CONFIG address on this machine, its port free?"
-        return end("error", f"cannot start the {args.strategy} strategy: {_first_line(e)}"
-                            f"{hint if args.strategy == 'multiworker' else ''}", 1)
-    install_stop_handlers()  # the multi-worker runtime takes SIGTERM for its own preemption notice: take it back
-    wall = time.time()
-    try:
-        result = training.train(model_config, train_config, dataset, log, stop, strategy=strategy)
-    except (tf.errors.OpError, MemoryError) as e:  # out of memory, or an op the machine cannot run
-        return end("error", f"training failed: {_first_line(e)}; try a smaller model or batch size", 1)
-    code = 1 if result.status == "nan" else 0
-    if strategy is not None and not strategy.extended.should_checkpoint:  # TF's rule: only the chief saves
-        message = f"{result.message}; the chief worker saves the run"
-        end(result.status, message, code)
-        _emit({"run_dir": None, "status": result.status, "message": message, "replicas": result.extra["replicas"]})
-        return code
-    cost = describe(model_config)
-    log({"event": "status", "message": "checking the model on its validation images"})
-    rep = validation_report(result, dataset, cost)
-    last_val = final_val_accuracy(result, rep, len(dataset.x_val))
-    meta = {"status": result.status, "message": result.message, "train_seconds": result.train_seconds,
-            "wall_seconds": time.time() - wall, "epochs_completed": sum(not e.get("partial") for e in result.history),
-            "params": cost.params, "flops": cost.flops, "label_names": dataset.label_names,
-            "data": {"path": str(dataset.source.path), "found_by": dataset.source.how,
-                     "train_size": len(dataset.x_train), "val_size": len(dataset.x_val)},
-            "seed": train_config.seed, "val_accuracy": last_val, "strategy": args.strategy, "owner": args.owner,
-            **result.extra}
-    log({"event": "status", "message": "saving the run"})
-    try:
-        runs.save_run(out, result.model, model_config, train_config, result.history, meta,
-                      {analysis.REPORT_FILE: rep.to_json()})
-    except runs.RunError as e:
-        return end("error", f"{result.message}, but {e}", 1)
-    summary = {"run_dir": str(out), "status": result.status, "message": result.message,
-               "epochs": meta["epochs_completed"], "train_seconds": round(result.train_seconds, 3),
-               "val_accuracy": last_val, "params": cost.params}
-    end(result.status, result.message, code, **{k: v for k, v in summary.items() if k not in ("status", "message")})
-    _emit(summary)
-    return code
-
-
-def _first_line(e: BaseException) -> str:
-    """The first line of an exception's message (TensorFlow's can run to pages)."""
-    return (getattr(e, "message", None) or str(e) or type(e).__name__).strip().splitlines()[0][:300]
-
-
-def make_strategy(name: str) -> Any:
-    """TensorFlow's distribution strategy called `name`, or None for "none"."""
-    import tensorflow as tf
-
-    if name == "mirrored":  # all local GPUs, else all local CPUs (MirroredStrategy() alone would take only CPU:0)
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
-    if name == "multiworker":  # the cluster and this worker's place in it come from TF_CONFIG
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return None
-
-
-REPORT_IMAGES_HEAVY = 100  # a model above HEAVY_FLOPS is checked on this many validation images, not all
-
-
-def validation_report(result: Any, dataset: Any, cost: Any) -> Any:
-    """The saved weights' confusion matrix and mistakes, computed here in the trainer (never in the app's server)."""
-    from deconv import analysis
-    from deconv.cost import HEAVY_FLOPS
-    from deconv.train import even_batch, predict
-
-    n = REPORT_IMAGES_HEAVY if cost.flops > HEAVY_FLOPS else len(dataset.x_val)
-    x, y = dataset.x_val[:n], dataset.y_val[:n]
-    batch = even_batch(n, cost.eval_batch())  # one batch shape: the predict step compiles once (0.9 s, not 1.8 s)
-    return analysis.report(predict(result.model, x, batch), y, dataset.label_names)
-
-
-def final_val_accuracy(result: Any, rep: Any, val_size: int) -> float | None:
-    """Validation accuracy of the weights being saved: the last epoch's, or the report's after a stop."""
-    last = result.history[-1] if result.history else {}
-    if "val_accuracy" in last:
-        return last["val_accuracy"]
-    if result.status == "nan" or rep.images < val_size:
-        return None  # weights restored from an earlier epoch, or only part of the images checked
-    return rep.accuracy
+    if summary.status == "error":
+        return _fail(summary.message + (hint if summary.cause == "data" else ""), summary.exit_code)
+    if summary.status != "cancelled":
+        _emit(summary.to_json())
+    return summary.exit_code
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Accuracy and loss of a run on test_batch."""
     from deconv import data, runs
-    from deconv.train import evaluate
+    from deconv.inference import evaluate
 
     if args.limit is not None and args.limit < 1:
         return _fail("--limit must be at least 1", 2)
@@ -342,8 +202,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """One JSON line per image with its top-k labels, or its error."""
-    from deconv import inference, runs
-    from deconv.train import predict
+    from deconv import images, inference, runs
 
     try:
         info = runs.read_run(args.run_dir)
@@ -354,12 +213,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
     ok = True
     for path in args.images:
         try:
-            x = inference.prepare(path)
-        except inference.ImageError as e:
+            x = images.prepare(path)
+        except images.ImageError as e:
             ok = False
             _emit({"image": path, "error": f"{Path(path).name}: {e}"})
             continue
-        probs = predict(model, x[None])[0]
+        probs = inference.predict(model, x[None])[0]
         _emit({"image": path, "top": inference.top_k(probs, names, args.top).as_json()})
     return 0 if ok else 1
 
@@ -381,9 +240,10 @@ def cmd_describe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 
 def cmd_worker() -> int:
-    """A warm process for the app: import TensorFlow now, then run one job read as a JSON line from stdin."""
+    """A warm process for the app: import TensorFlow now, then run the one experiment read as a JSON line on stdin."""
     install_stop_handlers()  # a stop that arrives before the job starts still ends it cleanly
     import deconv.train  # noqa: F401  (the slow import, done before the job arrives)
+    from deconv.experiment import Experiment
 
     line = sys.stdin.readline()
     if not line.strip():
@@ -395,7 +255,11 @@ def cmd_worker() -> int:
         os.close(target)
     sys.stdout = os.fdopen(1, "w", buffering=1)
     sys.stderr = os.fdopen(2, "w", buffering=1)
-    return main(job["argv"])
+    try:
+        experiment = Experiment.from_json(job["experiment"])
+    except (KeyError, TypeError, ValueError) as e:
+        return _fail(f"the job is not a valid experiment: {e}", 2)
+    return train_experiment(experiment, job["progress"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,7 +27,44 @@ class Spec:
     min_len: int | None = None
     max_len: int | None = None
     log: bool = False  # a log-scale knob (the learning rate)
-    step: int = 1  # the slider step in the app
+    step: float = 1  # the slider step in the app (and the grid a link's value is rounded to)
+    kind: str = "int"  # "int", "float", "bool", "choice" or "list" (of whole numbers): set by `spec` from the default
+    count_label: str = ""  # a list field: the name of its length as the app shows it ("blocks" for widths)
+    item_label: str = ""  # ... and of one value ("width" for widths: "width 1", "width 2", ...)
+
+    def parse(self, text: str) -> Any:
+        """A value as a link or a flag writes it ('32,64' for a list, 'true' or 'no' for a switch).
+
+        Bounds are the config's to check (a link's value is clamped, a flag's refused); ValueError says what is
+        allowed when the text is not even of the field's kind.
+        """
+        text = text.strip()
+        if self.kind == "bool":
+            if text.lower() not in BOOL_WORDS:
+                raise ValueError("allowed true or false")
+            return BOOL_WORDS[text.lower()]
+        if self.kind == "choice":
+            if text not in (self.choices or ()):
+                raise ValueError(f"allowed {self.describe()}")
+            return text
+        parts = [p for p in text.split(",") if p.strip()] if self.kind == "list" else [text]
+        try:
+            numbers = [float(p) for p in parts]
+        except ValueError:
+            numbers = []
+        if not numbers or not all(math.isfinite(v) for v in numbers):
+            raise ValueError(f"allowed {self.describe()}")
+        whole = [int(v) if v.is_integer() and self.kind != "float" else v for v in numbers]
+        return tuple(whole) if self.kind == "list" else whole[0]
+
+    def widget(self) -> str:
+        """The app's widget for this field: toggle, radio, select_slider (log scale), slider or number."""
+        if self.kind in ("bool", "choice"):
+            return {"bool": "toggle", "choice": "radio"}[self.kind]
+        if self.log:
+            return "select_slider"
+        assert self.low is not None and self.high is not None
+        return "slider" if self.kind == "float" or (self.high - self.low) / self.step <= 100_000 else "number"
 
     def grid(self) -> list[float]:
         """Values 1, 2, 5 per decade within the bounds, for a log-scale slider."""
@@ -55,9 +92,14 @@ def _fmt(x: float | None) -> str:
     return str(int(x)) if x is not None and float(x).is_integer() and abs(x) < 1e15 else str(x)
 
 
+BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
 def spec(default: Any, **kw: Any) -> Any:
-    """A dataclass field carrying its default and its Spec."""
-    return field(default=default, metadata={"spec": Spec(**kw)})
+    """A dataclass field carrying its default and its Spec (whose kind is the default's)."""
+    kind = ("bool" if isinstance(default, bool) else "choice" if kw.get("choices") else
+            "list" if isinstance(default, tuple) else "float" if isinstance(default, float) else "int")
+    return field(default=default, metadata={"spec": Spec(kind=kind, **kw)})
 
 
 def field_spec(cls: type, name: str) -> Spec:
@@ -102,7 +144,7 @@ class _Config:
                     raise ValueError(f"{f.name}={list(value)} has {len(value)} values: allowed {s.describe()}")
                 value = tuple(_check_scalar(f.name, v, int, s) for v in value)
             else:
-                value = _check_scalar(f.name, value, _TYPES[f.type], s)
+                value = _check_scalar(f.name, value, KIND_TYPES.get(s.kind, str), s)
             object.__setattr__(self, f.name, value)
         self._check_together()
 
@@ -128,6 +170,15 @@ class _Config:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
+    def changed(self, **changes: Any) -> Any:
+        """A copy with changes as a widget makes them (a config may adjust other fields to keep them valid)."""
+        return self.replace(**changes)
+
+    def with_length(self, name: str, n: int) -> Any:
+        """A copy whose list field `name` has `n` values: extra ones repeat the last, fewer drop the last."""
+        values = list(getattr(self, name))[:n]
+        return self.changed(**{name: tuple(values + values[-1:] * (n - len(values)))})
+
     def differences(self, other: Any) -> list[str]:
         """The fields where `other` differs from this config, as 'name value (other value)' phrases."""
         return [f"{f.name.replace('_', ' ')} {_to_text(getattr(self, f.name))} (now {_to_text(getattr(other, f.name))})"
@@ -146,8 +197,7 @@ class _Config:
         notes: list[str] = []
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             if f.name in params:
-                value, note = _from_text(f.name, str(params[f.name]), _TYPES[f.type] if f.type in _TYPES else int,
-                                         f.metadata["spec"], f.default)
+                value, note = _from_text(f.name, str(params[f.name]), f.metadata["spec"], f.default)
                 values[f.name] = value
                 notes += [note] if note else []
         try:
@@ -179,32 +229,28 @@ def _shown(text: str, quoted: bool = True, most: int = 40) -> str:
     return repr(short) if quoted else short
 
 
-def _from_text(name: str, text: str, typ: type, s: Spec, default: Any) -> tuple[Any, str | None]:
-    """One value parsed from URL text and clamped to its Spec, with a note when it was changed."""
-    if s.choices:
-        return (text, None) if text in s.choices else (default, f"{name}={_shown(text)} is not {s.describe()}: using {default}")
-    if typ is bool:
-        if text.lower() in ("true", "false"):
-            return text.lower() == "true", None
-        return default, f"{name}={_shown(text)} is not true or false: using {str(default).lower()}"
-    parts = text.split(",") if s.min_len is not None else [text]
+def _from_text(name: str, text: str, s: Spec, default: Any) -> tuple[Any, str | None]:
+    """One value parsed from URL text (`Spec.parse`) and clamped to its Spec, with a note when it was changed."""
     try:
-        numbers = [float(p) for p in parts]
-        if not all(math.isfinite(v) for v in numbers) or not numbers:
-            raise ValueError
+        parsed = s.parse(text)
     except ValueError:
-        return default, f"{name}={_shown(text)} is not {'a list of numbers' if s.min_len else 'a number'}: using {_to_text(default)}"
+        what = {"bool": "true or false", "choice": s.describe(), "list": "a list of numbers"}.get(s.kind, "a number")
+        return default, f"{name}={_shown(text)} is not {what}: using {_to_text(default)}"
+    if s.kind in ("bool", "choice"):
+        return parsed, None
+    numbers = list(parsed) if s.kind == "list" else [parsed]
     clamped = [min(max(v, s.low), s.high) for v in numbers]  # type: ignore[type-var]
-    if typ is int or s.min_len is not None:
-        clamped = [int(round(v / s.step) * s.step) if s.step > 1 else int(round(v)) for v in clamped]
+    if s.kind != "float":
+        step = int(s.step)
+        clamped = [int(round(v / step) * step) if step > 1 else int(round(v)) for v in clamped]
         clamped = [min(max(v, int(s.low)), int(s.high)) for v in clamped]  # type: ignore[arg-type]
-    value: Any = tuple(clamped[: s.max_len]) if s.min_len is not None else clamped[0]
-    changed = value != (tuple(numbers) if s.min_len is not None else numbers[0])
-    allowed = s.describe() + (f" in steps of {s.step}" if s.step > 1 else "")
+    value: Any = tuple(clamped[: s.max_len]) if s.kind == "list" else clamped[0]
+    changed = value != (tuple(numbers) if s.kind == "list" else numbers[0])
+    allowed = s.describe() + (f" in steps of {_fmt(s.step)}" if s.step > 1 else "")
     return value, (f"{name}={_shown(text, quoted=False)} is not allowed ({allowed}): using {_to_text(value)}" if changed else None)
 
 
-_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+KIND_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool}  # what a Spec kind holds (list items: int)
 
 
 @dataclass(frozen=True)
@@ -228,6 +274,7 @@ class ModelConfig(_Config):
     """The network: `blocks` pairs of Conv2D and Conv2DTranspose blocks, then a pooling head and softmax."""
 
     widths: tuple[int, ...] = spec((32, 64, 128), low=8, high=256, min_len=1, max_len=4, step=8,
+                                   count_label="blocks", item_label="width",
                                    help="filters (output channels) of each block's Conv2D and Conv2DTranspose: "
                                         "more filters can learn more kinds of pattern, at more parameters and "
                                         "time; the number of values is the number of blocks")
@@ -283,6 +330,14 @@ class ModelConfig(_Config):
         """Clamped URL values may still combine badly: the pool size is lowered to fit, as a slider would."""
         return cls().adjusted(**values)
 
+    def changed(self, **changes: Any) -> "ModelConfig":
+        """A widget's change: the adaptive pool size is lowered to fit a smaller final map (see `adjusted`)."""
+        return self.adjusted(**changes)
+
+    def with_length(self, name: str, n: int) -> "ModelConfig":
+        """The widths with `n` blocks (see `with_blocks`)."""
+        return self.with_blocks(n) if name == "widths" else super().with_length(name, n)
+
     def adjusted(self, **changes: Any) -> "ModelConfig":
         """A copy with changes, the adaptive pool size lowered to fit a smaller final map instead of refused."""
         probe = self.replace(**{**changes, "pool_size": 1})
@@ -313,7 +368,7 @@ class TrainConfig(_Config):
                               "throughout")
     augment: bool = spec(True, help="show each training image flipped left-right half the time and shifted by "
                                     "up to 4 pixels, so the network learns that these do not change the class")
-    label_smoothing: float = spec(0.1, low=0.0, high=0.5,
+    label_smoothing: float = spec(0.1, low=0.0, high=0.5, step=0.05,
                                   help="spread this share of each target evenly over all 10 classes (0.1: the "
                                        "true class 0.91, the others 0.01), so the network is never pushed to be "
                                        "certain")

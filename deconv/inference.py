@@ -1,40 +1,20 @@
-"""Turn a PNG, JPEG, GIF, BMP or WebP file into the 32x32 RGB input the model saw, classify it, and say how sure it is.
+"""The model's answers: class probabilities for batches of images, accuracy on labelled ones, top-k labels and how sure.
 
-Every file may come from a hostile stranger (the app is one server shared by a class or the public): only five
-formats are parsed, a picture is shrunk before anything else is done with it, and a session keeps a preview and
-the 32x32 view of each, never the file or the decoded picture."""
+TensorFlow is imported by the functions that run the model, not by this module: the command line and the
+pages read labels and predictions without it.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import io
-import os
-import struct
-import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deconv.config import IMAGE_SIZE, NUM_CLASSES
 
-FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "GIF": "GIF", "BMP": "BMP", "WEBP": "WebP"}  # Pillow's name: ours
-FILE_TYPES = ("png", "jpg", "jpeg", "gif", "bmp", "webp")  # the file name endings of FORMATS, for the uploader
-# Larger declared sizes are refused before decoding (decompression bombs). Decoded whole, a PNG, GIF or BMP this
-# size takes up to 160 MB and a second (measured: 8000x5000 RGBA PNG), a JPEG a few MB (decoded at 1/8 scale); a
-# WebP takes about 15 bytes a pixel (libwebp's canvas and two copies of it in Pillow: 610 MB at 40 million), hence
-# its own limit, for about 250 MB.
-MAX_PIXELS = 40_000_000
-MAX_WEBP_PIXELS = 16_000_000
-MAX_BYTES = 10 * 1024 * 1024  # the same limit as the app's upload size
-MAX_FILES_PER_UPLOAD = 20  # files of one upload that are read; more could not all be kept (MAX_PICTURES) anyway
-BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white
-PREVIEW_SIZE = 150  # a preview fits in this many pixels square
-OVERSAMPLE = 4  # a decoded picture is first shrunk to about this many times the sizes shown (see reduction)
-BAND_PIXELS = 1 << 20  # pixels converted at a time while a picture is shrunk: a few MB whatever its size
+if TYPE_CHECKING:
+    import keras
 
 # When an answer is "unsure". The network has only its ten classes to answer with, so a picture of anything
 # else still gets one of them; a low or contested top probability is the hint it gives. The rule reads the
@@ -44,12 +24,6 @@ SURE_AT = 0.6  # a top class below this probability is unsure
 SURE_RATIO = 2.0  # ... and so is one with less than this many times the runner-up's probability (torn between two)
 UNSURE_RULE = (f"its top class has less than {SURE_AT:.0%}, or less than {SURE_RATIO:g} times the "
                "probability of the next one")
-MAX_PICTURES = 20  # uploaded pictures a session keeps (about 70 kB each: a preview and the 32x32 view); oldest go
-
-
-class ImageError(Exception):
-    """A file that cannot be classified; the message says why in plain words."""
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -77,128 +51,6 @@ class Prediction:
         return "unsure: the model is not confident" + ("; it may not be one of its ten classes" if maybe_other else "")
 
 
-def reduction(width: int, height: int) -> int:
-    """How many times smaller a decoded picture is made before anything else is done with it: its short side keeps
-    OVERSAMPLE times the 32 pixels of the centre crop the model sees, its long side OVERSAMPLE times the preview's.
-    Resampling from there gives the same view and preview as from full size, give or take a grey level or two."""
-    short, long = sorted((width, height))
-    return max(1, min(short // (OVERSAMPLE * IMAGE_SIZE), long // (OVERSAMPLE * PREVIEW_SIZE)))
-
-
-def _reducible_mode(img: Image.Image) -> str:
-    """The mode a picture is averaged in: Image.reduce cannot average palette indices, 1-bit or 16-bit pixels."""
-    if img.mode in ("P", "PA"):
-        return "RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB"
-    return "L" if img.mode == "1" else "I" if img.mode.startswith("I;16") else img.mode
-
-
-def _small_rgb(img: Image.Image, factor: int) -> Image.Image:
-    """RGB, `factor` times smaller (box average): 16-bit and float scaled to 8 bits, transparency shown on white.
-
-    The picture is shrunk a band of rows at a time before any conversion, so that no copy of it is made at full size
-    in another mode. Measured on an 89 kB 16-bit 8000x5000 PNG: converting it whole to float64 first cost 1 GB of
-    peak memory and 4.6 s; shrunk first, 84 MB (the decoded picture itself) and 0.4 s."""
-    mode = _reducible_mode(img)
-    if factor == 1 and mode == img.mode and mode not in ("I", "F"):
-        small = img
-    else:
-        small = Image.new(mode, (-(-img.width // factor), -(-img.height // factor)))
-        rows = max(1, BAND_PIXELS // (img.width * factor)) * factor
-        peak = 0.0  # the largest value of a 16-bit or float picture at full size: it decides the scale below
-        for top in range(0, img.height, rows):
-            band = img.crop((0, top, img.width, min(img.height, top + rows)))
-            band = band if band.mode == mode else band.convert(mode)
-            if mode in ("I", "F"):
-                peak = max(peak, band.getextrema()[1])
-            small.paste(band.reduce(factor), (0, top // factor))
-        if mode in ("I", "F"):
-            top_value = 1.0 if mode == "F" and peak <= 1.0 else (255.0 if peak <= 255 else 65535.0)
-            scaled = np.asarray(small, dtype=np.float32) * np.float32(255.0 / top_value)
-            small = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
-    if small.mode in ("RGBA", "LA", "La", "RGBa"):
-        rgba = small.convert("RGBA")
-        flat = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
-        return Image.alpha_composite(flat, rgba).convert("RGB")
-    return small.convert("RGB")
-
-
-def _other_format(head: bytes) -> str | None:
-    """The name of a format Pillow knows but this module does not take, from a file's first bytes (its signature:
-    nothing is parsed), or None."""
-    Image.init()
-    for name, (_, accept) in Image.OPEN.items():
-        try:
-            if accept is not None and accept(head):
-                return name
-        except (SyntaxError, IndexError, TypeError, struct.error):  # as in Image.open: a signature cut short
-            continue
-    return None
-
-
-def open_image(source: bytes | str | os.PathLike[str]) -> Image.Image:
-    """The upright, RGB, first-frame picture, shrunk to no more than `reduction` needs, or ImageError."""
-    if isinstance(source, (bytes, bytearray)):
-        if not source:
-            raise ImageError("the file is empty")
-        if len(source) > MAX_BYTES:
-            raise ImageError(f"the file is {len(source) / 2**20:.1f} MB, more than the {MAX_BYTES // 2**20} MB limit")
-        stream: Any = io.BytesIO(source)
-        head = bytes(source[:16])  # where Pillow looks for a format's signature
-    else:
-        path = Path(source)
-        try:
-            size = path.stat().st_size
-            with path.open("rb") as f:
-                head = f.read(16)
-        except OSError as e:
-            raise ImageError(f"cannot read it: {e.strerror or e}") from None
-        if size == 0:
-            raise ImageError("the file is empty")
-        if size > MAX_BYTES:
-            raise ImageError(f"the file is {size / 2**20:.1f} MB, more than the {MAX_BYTES // 2**20} MB limit")
-        stream = path
-    taken = ", ".join(FORMATS.values())
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(stream, formats=list(FORMATS)) as img:
-                limit = MAX_WEBP_PIXELS if img.format == "WEBP" else MAX_PIXELS
-                if img.width * img.height > limit:
-                    raise ImageError(f"it declares {img.width}x{img.height} pixels, more than the "
-                                     f"{limit // 1_000_000}-million-pixel limit"
-                                     + (" of a WebP file" if limit == MAX_WEBP_PIXELS else ""))
-                img.seek(0)  # the first frame of an animation
-                factor = reduction(img.width, img.height)
-                # JPEG: decode at 1/2, 1/4 or 1/8 scale, no smaller than the reduction keeps; much faster
-                img.draft("RGB", (-(-img.width // factor), -(-img.height // factor)))
-                img.load()
-                small = _small_rgb(img, reduction(img.width, img.height))
-                small.info = img.info  # the EXIF orientation, applied to the small picture
-                return ImageOps.exif_transpose(small)  # new images: the file can be closed
-    except UnidentifiedImageError:
-        other = _other_format(head)
-        if other is not None:
-            raise ImageError(f"it is in {other} format, not one of the formats taken here: {taken}") from None
-        raise ImageError(f"it is not an image in a format taken here ({taken})") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"it declares more pixels than the {MAX_PIXELS // 1_000_000}-million-pixel limit "
-                         "(a decompression bomb?)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"the image data is damaged or truncated ({e})") from None
-    except (KeyError, TypeError, IndexError) as e:  # malformed metadata (EXIF) that Pillow trips over
-        raise ImageError(f"its metadata is malformed ({type(e).__name__}: {e})") from None
-
-
-def model_view(img: Image.Image) -> Image.Image:
-    """The 32x32 view the model sees: a centred square crop, resized with Lanczos."""
-    return ImageOps.fit(img, (IMAGE_SIZE, IMAGE_SIZE), method=Image.Resampling.LANCZOS)
-
-
-def prepare(source: bytes | str | os.PathLike[str]) -> np.ndarray:
-    """uint8 array (32, 32, 3) for one image file or its bytes; ImageError if it cannot be read."""
-    return np.asarray(model_view(open_image(source)), dtype=np.uint8)
-
-
 def top_k(probabilities: np.ndarray, label_names: list[str], k: int = 5) -> Prediction:
     """The k most probable labels of one probability vector."""
     order = np.argsort(probabilities)[::-1][:k]
@@ -216,101 +68,47 @@ CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog"
 
 def classify(model: Any, x: np.ndarray, label_names: list[str], k: int = 5, batch_size: int = 256) -> list[Prediction]:
     """Top-k predictions for a batch of uint8 images (N, 32, 32, 3), `batch_size` at a time (memory: cost.eval_batch)."""
-    from deconv.train import predict
-
     return [top_k(p, label_names, k) for p in predict(model, x, batch_size)]
 
 
-def enlarge(view: Image.Image | np.ndarray, size: int = 128) -> Image.Image:
-    """The 32x32 view scaled up with square pixels, to show what the model sees."""
-    img = Image.fromarray(view) if isinstance(view, np.ndarray) else view
-    return img.resize((size, size), Image.Resampling.NEAREST)
+def even_batch(n: int, most: int) -> int:
+    """The largest batch size up to `most` that divides n (so evaluation has one batch shape), or `most`."""
+    best = max((b for b in range(1, min(n, most) + 1) if n % b == 0), default=most)
+    return best if best >= min(32, n, (most + 1) // 2) else most
 
 
-def preview(img: Image.Image, size: int = PREVIEW_SIZE) -> Image.Image:
-    """A copy that fits in size x size, keeping the aspect ratio, never thinner than one pixel."""
-    scale = min(1.0, size / img.width, size / img.height)
-    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
+def forward(model: keras.Model) -> Any:
+    """The model's forward pass as one graph for every batch size, traced once per model and kept on it.
 
-
-@dataclass(frozen=True, eq=False)  # eq=False: arrays do not compare to one bool; a picture is itself
-class Picture:
-    """One uploaded picture as a session keeps it: what is shown and classified, not the file's bytes."""
-
-    number: int  # 0, 1, 2, ... in order of upload, never reused: a stable key for the picture's widgets
-    name: str
-    digest: str  # sha256 of the file's bytes
-    preview: np.ndarray  # uint8 RGB, fits in 150x150
-    view: np.ndarray  # uint8 (32, 32, 3): what the model sees
-
-
-@dataclass
-class Pictures:
-    """The last `limit` pictures a session uploaded, oldest first, and the files of the last upload that failed.
-
-    The same file (same name, same bytes) is kept once: uploading it again moves it to the newest place.
-    The same bytes under another name are another picture, as the visitor named them, but are not decoded again;
-    nor are the bytes of a recent file that could not be read. One upload is read up to MAX_FILES_PER_UPLOAD files.
+    Keras' own predict step is traced again for each new input structure and batch shape (4 traces per model
+    here), and with the saved `jit_compile=True` XLA compiled it again for every new batch size (0.5-1.5 s each).
+    A concrete function from `get_concrete_function` is traced once and is not counted by TensorFlow's
+    retracing detector, which counts every model's predict step together and warned after a few models.
     """
+    fn = getattr(model, "_forward", None)
+    if fn is None:
+        import tensorflow as tf
 
-    limit: int = MAX_PICTURES
-    items: list[Picture] = field(default_factory=list)
-    problems: list[tuple[str, str]] = field(default_factory=list)  # (file name, why it cannot be classified)
-    left_out: int = 0  # files of the last upload beyond MAX_FILES_PER_UPLOAD: not read at all
-    refused: dict[str, str] = field(default_factory=dict)  # sha256 -> why it cannot be read, of the last `limit`
-    added: int = 0  # pictures ever added: the next one's number
+        any_batch = tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 3), tf.float32)
+        fn = tf.function(lambda images: model(images, training=False), input_signature=[any_batch],
+                         autograph=False).get_concrete_function()  # plain tensor code: no converted file in /tmp
+        object.__setattr__(model, "_forward", fn)  # past Keras' attribute tracking: not a layer or a weight
+    return fn
 
-    def __post_init__(self) -> None:
-        if self.limit < 1:
-            raise ValueError(f"a Pictures limit must be at least 1, not {self.limit}")
 
-    def add(self, name: str, content: bytes) -> Picture:
-        """Keep one uploaded file as a Picture, dropping the oldest beyond limit; ImageError if it cannot be read."""
-        digest = hashlib.sha256(content).hexdigest()
-        if digest in self.refused:
-            raise ImageError(self.refused[digest])
-        same = [p for p in self.items if p.digest == digest]
-        kept = next((p for p in same if p.name == name), None)
-        if kept is None:
-            if same:  # shown under another name: its preview and view (read-only arrays) serve this one too
-                shown, view = same[0].preview, same[0].view
-            else:
-                try:
-                    img = open_image(content)
-                except ImageError as e:
-                    self.refused[digest] = str(e)
-                    for old in list(self.refused)[:-self.limit]:
-                        del self.refused[old]
-                    raise
-                shown, view = np.asarray(preview(img), dtype=np.uint8), np.asarray(model_view(img), dtype=np.uint8)
-            kept = Picture(self.added, name, digest, shown, view)
-            self.added += 1
-        self.items = [p for p in self.items if p is not kept] + [kept]
-        del self.items[:-self.limit]
-        return kept
+def predict(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N, 10) for uint8 images (N, 32, 32, 3)."""
+    import tensorflow as tf
 
-    def upload(self, files: Sequence[tuple[str, bytes]]) -> None:
-        """Add the (name, bytes) of one upload, its first MAX_FILES_PER_UPLOAD files (the others are `left_out`);
-        those that cannot be read become this upload's problems."""
-        self.problems, self.left_out = [], max(0, len(files) - MAX_FILES_PER_UPLOAD)
-        for name, content in files[:MAX_FILES_PER_UPLOAD]:
-            try:
-                self.add(name, content)
-            except ImageError as e:
-                self.problems.append((name, str(e)))
+    fn = forward(model)
+    x = np.asarray(x, dtype=np.float32)
+    if not len(x):
+        return np.zeros((0, NUM_CLASSES), np.float32)
+    return np.concatenate([fn(tf.constant(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)])
 
-    def clear(self) -> None:
-        """Forget every picture and problem."""
-        self.items, self.problems, self.left_out, self.refused = [], [], 0, {}
 
-    def views(self) -> np.ndarray:
-        """uint8 (N, 32, 32, 3): the model's view of every picture, oldest first."""
-        if not self.items:
-            return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-        return np.stack([p.view for p in self.items])
-
-    def __iter__(self) -> Iterator[Picture]:
-        return iter(self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> dict[str, float]:
+    """Loss and accuracy on labelled uint8 images."""
+    probs = predict(model, x, batch_size)
+    picked = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
+    return {"loss": float(-np.log(picked).mean()), "accuracy": float((probs.argmax(1) == y).mean()), "n": int(len(y))}

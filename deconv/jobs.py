@@ -1,7 +1,7 @@
 """Training jobs for a shared server: child processes, warm workers, a slot cap and a queue.
 
-Each job runs `python -m deconv train` (the same entry point as the CLI) in a child process that
-writes the run directory and a JSON-lines progress file; callers follow that file. TensorFlow's
+Each job runs one `deconv.experiment.Experiment` (what `python -m deconv train` runs) in a worker process
+that writes the run directory and a JSON-lines progress file; callers follow that file. TensorFlow's
 import takes seconds, so each slot keeps a warm worker process that has imported it already and
 waits for its job on stdin. Stop is SIGTERM: the trainer finishes its batch, saves and exits.
 
@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from deconv.config import ModelConfig, TrainConfig
 from deconv.cost import describe
+from deconv.experiment import Experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_JOBS_ENV = "DECONV_MAX_JOBS"
@@ -148,15 +149,6 @@ def fmt_duration(seconds: float) -> str:
     return f"{seconds / 3600:,.1f} h"
 
 
-def config_argv(model_config: ModelConfig, train_config: TrainConfig) -> list[str]:
-    """`train` flags that reproduce both configs exactly."""
-    argv = []
-    for config in (model_config, train_config):
-        for key, value in config.to_dict().items():
-            argv += ["--" + key.replace("_", "-"), ",".join(map(str, value)) if isinstance(value, list) else str(value)]
-    return argv
-
-
 # Only the server holds a lifeline's write end (os.pipe's ends are not inheritable, and Popen closes every
 # descriptor but pass_fds), so the child reads end-of-file when the server closes it or dies in any way, SIGKILL
 # included. PR_SET_PDEATHSIG would not do: it fires when the *thread* that started the child exits, and Streamlit's
@@ -231,10 +223,11 @@ class Worker:
         """Whether the process still runs."""
         return self.proc.poll() is None
 
-    def start(self, argv: list[str], stdout: Path, stderr: Path) -> subprocess.Popen:
-        """Hand the worker its job; it redirects its output to the given files."""
+    def start(self, experiment: Experiment, progress: Path, stdout: Path, stderr: Path) -> subprocess.Popen:
+        """Hand the worker its experiment as one JSON line; it redirects its output to the given files."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"argv": argv, "stdout": str(stdout), "stderr": str(stderr)}) + "\n")
+        self.proc.stdin.write(json.dumps({"experiment": experiment.to_json(), "progress": str(progress),
+                                          "stdout": str(stdout), "stderr": str(stderr)}) + "\n")
         self.proc.stdin.close()
         return self.proc
 
@@ -557,17 +550,15 @@ class JobManager:
     def _dispatch(self) -> None:
         free = self.max_jobs - len(self.running())
         for job in [j for j in self.jobs if j.state == "queued"][:max(free, 0)]:
-            argv = ["train", *config_argv(job.model_config, job.train_config), "--out", str(job.run_dir),
-                    "--progress", str(job.progress_path), f"--owner={job.owner}"]  # '=': an owner may start with '-'
-            stdout, stderr = job.dir / "stdout.log", job.dir / "stderr.log"
+            experiment = Experiment(job.model_config, job.train_config, job.run_dir, owner=job.owner)
             worker = next((w for w in self.workers if w.alive()), None)
             try:
                 if worker is not None:
                     self.workers.remove(worker)
-                    job.proc, job.lifeline = worker.start(argv, stdout, stderr), worker.lifeline
-                else:
-                    with open(stdout, "w") as out, open(stderr, "w") as err:
-                        job.proc, job.lifeline = spawn(argv, self.env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+                else:  # no warm one (warm=False, or it died): a fresh worker imports TensorFlow first
+                    worker = Worker(self.env)
+                job.proc = worker.start(experiment, job.progress_path, job.dir / "stdout.log", job.dir / "stderr.log")
+                job.lifeline = worker.lifeline
             except OSError as e:  # the worker died just now, or no process could be started
                 if worker is not None:
                     worker.kill()

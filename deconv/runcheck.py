@@ -20,7 +20,7 @@ from deconv.config import IMAGE_SIZE
 
 def check(run_dir: Path) -> None:
     """Load, try and rewrite the run's model; RunError says what is wrong."""
-    from deconv.train import predict
+    from deconv.inference import predict
 
     model = runs.load_model(run_dir)
     probs = predict(model, np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8))

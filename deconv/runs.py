@@ -305,7 +305,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def save_run(run_dir: str | os.PathLike[str], model: Any, model_config: ModelConfig, train_config: TrainConfig,
-             history: list[dict[str, Any]], meta: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+             history: list[dict[str, Any]], meta: RunMeta, extra: dict[str, Any] | None = None) -> Path:
     """Write a run directory atomically (with `extra` JSON files beside it); refuses to overwrite a non-empty one."""
     run_dir = Path(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
@@ -322,8 +322,8 @@ def save_run(run_dir: str | os.PathLike[str], model: Any, model_config: ModelCon
         model.save(tmp / "model.keras")
         _write_json(tmp / "config.json", {"model": model_config.to_dict(), "train": train_config.to_dict()})
         _write_json(tmp / "history.json", history)
-        _write_json(tmp / "meta.json", {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                        "versions": library_versions(), **meta})
+        _write_json(tmp / "meta.json", dataclasses.asdict(dataclasses.replace(
+            meta, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), versions=library_versions())))
         for file, content in (extra or {}).items():
             _write_json(tmp / file, content)
         if run_dir.exists():

@@ -1,8 +1,7 @@
-"""Train a network with Keras `fit` (optionally under a tf.distribute strategy), with progress events and stop requests."""
+"""Train a network with Keras `fit`: the input pipeline, the compiled model, progress events and stop requests."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
@@ -13,9 +12,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deconv.config import IMAGE_SIZE, NUM_CLASSES, ModelConfig, TrainConfig, epoch_batches
+from deconv import distribute
+from deconv.config import NUM_CLASSES, ModelConfig, TrainConfig, epoch_batches
 from deconv.cost import describe
 from deconv.data import Dataset
+from deconv.inference import even_batch
 from deconv.model import build_model
 
 Event = dict[str, Any]
@@ -89,12 +90,6 @@ def batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool 
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.map(gather, num_parallel_calls=PIPELINE_THREADS).prefetch(2).with_options(options)
-
-
-def even_batch(n: int, most: int) -> int:
-    """The largest batch size up to `most` that divides n (so evaluation has one batch shape), or `most`."""
-    best = max((b for b in range(1, min(n, most) + 1) if n % b == 0), default=most)
-    return best if best >= min(32, n, (most + 1) // 2) else most
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
@@ -242,62 +237,6 @@ class ProgressCallback(keras.callbacks.Callback):
             self._check_stop(epoch_end=True)
 
 
-def sharded_by_element(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """The pipeline sharded by element: every worker builds the same global batches and keeps its share of each."""
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options)
-
-
-def build_from_shapes(model: keras.Model) -> None:
-    """Build the compiled model's metrics and optimizer from the input shapes, before Keras' `fit` would."""
-    # Without a strategy, Keras 3.15 creates them while tracing the first step, and a tf.function that created variables
-    # is traced a second time: building them first saves that trace (about 1.5 s of the default's first step).
-    # Under a strategy, Keras 3.15's `fit` reads a first batch to build them, then restarts the pipeline, whose shuffle
-    # moves on to its next order: the run would see other batches than without a strategy. Under a multi-worker
-    # strategy it fails outright, reducing the (x, y) batch as one nest (keras-team/keras#20585).
-    inputs = (keras.KerasTensor((None, IMAGE_SIZE, IMAGE_SIZE, 3)), keras.KerasTensor((None, NUM_CLASSES)))
-    with model.distribute_strategy.scope():
-        model._symbolic_build(data_batch=inputs)
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-
-
-def metrics_as_vectors(model: keras.Model) -> None:
-    """Let Keras 3.15 average the steps' metrics across workers: it reduces over axis 0, which a scalar lacks."""
-    for name in ("train_step", "test_step"):
-        step = getattr(model, name)
-        setattr(model, name, lambda data, step=step: {k: tf.reshape(v, [1]) for k, v in step(data).items()})
-
-
-def ready_for_strategy(model: keras.Model, strategy: tf.distribute.Strategy) -> bool:
-    """Ready a model built under `strategy` for Keras' `fit`; True when its replicas span several workers."""
-    build_from_shapes(model)
-    if strategy.num_replicas_in_sync > 1:  # batch statistics over the global batch, as on one device
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.synchronized = True
-    multi_worker = strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
-    if multi_worker:
-        metrics_as_vectors(model)
-    return multi_worker
-
-
-def any_worker_asks(strategy: tf.distribute.Strategy) -> Callable[[bool], bool]:
-    """A vote across workers: whether any of them asks (a collective, so every worker votes at the same point)."""
-    def vote(asked: bool) -> bool:
-        return float(strategy.reduce("SUM", strategy.run(lambda: tf.constant(float(asked))), axis=None)) > 0
-    return vote
-
-
-def single_device_copy(trained: keras.Model, model_config: ModelConfig, config: TrainConfig, steps: int) -> keras.Model:
-    """The trained model rebuilt outside any strategy, with its weights and optimizer state."""
-    model = compile_model(build_model(model_config), config, steps)
-    model.set_weights(trained.get_weights())
-    model.optimizer.build(model.trainable_variables)
-    model.optimizer.set_weights([v.numpy() for v in trained.optimizer.variables])
-    return model
-
-
 def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
           sink: EventSink | None = None, stop: threading.Event | None = None,
           callbacks: list[keras.callbacks.Callback] | None = None,
@@ -307,25 +246,20 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
     stop = stop or threading.Event()
     keras.utils.set_random_seed(train_config.seed)
     batch_size, steps = epoch_batches(len(data.x_train), train_config.batch_size)  # the global batch, split by a strategy
-    replicas = strategy.num_replicas_in_sync if strategy else 1
+    replicas = distribute.replicas(strategy)
     # Measured with TF 2.21: an XLA step fails over several local devices (a variable on another device) and
     # across CPU workers (no XLA collectives on CPU); one replica compiles as without a strategy.
     xla = train_config.xla and replicas == 1
     if xla != train_config.xla:
         sink({"event": "status", "message": f"XLA is off: one XLA-compiled step cannot span the {replicas} replicas"})
-    with strategy.scope() if strategy else contextlib.nullcontext():
+    with distribute.scope(strategy):
         model = compile_model(build_model(model_config), train_config.replace(xla=xla), steps, confusion=not strategy)
     train_data = batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=train_config.seed,
                          augment=train_config.augment, whole=True)
     most = min(max(batch_size, 100), describe(model_config).eval_batch())  # a big network checks fewer at once
     val_data = batches(data.x_val, data.y_val, even_batch(len(data.x_val), most))
     start = time.perf_counter()  # building the optimizer and metrics counts as training time
-    agree = None
-    if not strategy:
-        build_from_shapes(model)
-    elif ready_for_strategy(model, strategy):  # replicas on other workers too
-        train_data, val_data = sharded_by_element(train_data), sharded_by_element(val_data)
-        agree = any_worker_asks(strategy)
+    train_data, val_data, agree = distribute.prepare(model, strategy, train_data, val_data)
     progress = ProgressCallback(sink, stop, train_config.epochs, steps, batch_size, agree=agree,
                                 val_images=len(data.x_val))
     sink({"event": "start", "epochs": train_config.epochs, "batches": steps, "train_size": len(data.x_train),
@@ -336,54 +270,25 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
     model.fit(train_data, validation_data=val_data, epochs=train_config.epochs,
               callbacks=[progress, *(callbacks or [])], shuffle=False, verbose=0)  # the pipeline shuffles
     seconds = time.perf_counter() - start
-    if strategy:  # under a strategy, Keras' predict_on_batch repeats each row once per replica
-        model = single_device_copy(model, model_config, train_config.replace(xla=xla), steps)
+    if strategy:
+        model = distribute.single_device_copy(
+            model, lambda: compile_model(build_model(model_config), train_config.replace(xla=xla), steps))
     else:  # the saved model's compile config then names Keras' own objects only: plain Keras loads it
         compile_model(model, train_config, steps, optimizer=model.optimizer)
-    extra = {"replicas": replicas, "xla": xla}
+    return _result(model, progress, train_config, seconds, {"replicas": replicas, "xla": xla})
+
+
+def _result(model: keras.Model, progress: ProgressCallback, config: TrainConfig, seconds: float,
+            extra: dict[str, Any]) -> TrainResult:
+    """How the training ended, with the last good weights after a NaN loss."""
     if progress.nan:
         if progress.good_weights is not None:
             model.set_weights(progress.good_weights)
         return TrainResult(model, progress.history, "nan",
                            f"the loss became NaN in epoch {progress.epoch + 1}; kept the weights from before it. "
-                           f"Try a smaller learning rate than {train_config.learning_rate:g}.", seconds, extra)
+                           f"Try a smaller learning rate than {config.learning_rate:g}.", seconds, extra)
     if progress.stopped:
         return TrainResult(model, progress.history, "stopped",
-                           f"stopped by request in epoch {progress.epoch + 1} of {train_config.epochs}", seconds, extra)
+                           f"stopped by request in epoch {progress.epoch + 1} of {config.epochs}", seconds, extra)
     return TrainResult(model, progress.history, "finished",
-                       f"trained {train_config.epochs} epoch{'s' if train_config.epochs > 1 else ''}", seconds, extra)
-
-
-IMAGES_SPEC = tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 3), tf.float32)  # any batch size
-
-
-def forward(model: keras.Model) -> Any:
-    """The model's forward pass as one graph for every batch size, traced once per model and kept on it.
-
-    Keras' own predict step is traced again for each new input structure and batch shape (4 traces per model
-    here), and with the saved `jit_compile=True` XLA compiled it again for every new batch size (0.5-1.5 s each).
-    A concrete function from `get_concrete_function` is traced once and is not counted by TensorFlow's
-    retracing detector, which counts every model's predict step together and warned after a few models.
-    """
-    fn = getattr(model, "_forward", None)
-    if fn is None:
-        fn = tf.function(lambda images: model(images, training=False), input_signature=[IMAGES_SPEC],
-                         autograph=False).get_concrete_function()  # plain tensor code: no converted file in /tmp
-        object.__setattr__(model, "_forward", fn)  # past Keras' attribute tracking: not a layer or a weight
-    return fn
-
-
-def predict(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (N, 10) for uint8 images (N, 32, 32, 3)."""
-    fn = forward(model)
-    x = np.asarray(x, dtype=np.float32)
-    if not len(x):
-        return np.zeros((0, NUM_CLASSES), np.float32)
-    return np.concatenate([fn(tf.constant(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)])
-
-
-def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> dict[str, float]:
-    """Loss and accuracy on labelled uint8 images."""
-    probs = predict(model, x, batch_size)
-    picked = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
-    return {"loss": float(-np.log(picked).mean()), "accuracy": float((probs.argmax(1) == y).mean()), "n": int(len(y))}
+                       f"trained {config.epochs} epoch{'s' if config.epochs > 1 else ''}", seconds, extra)

@@ -5,10 +5,11 @@ import streamlit as st
 from deconv import glossary
 from deconv.config import IMAGE_SIZE, PRESETS
 from deconv.cost import describe
-from pages import common
-from pages.common import MODEL, TRAIN, config_widget
+from pages.parts import first_visit, settings, text
+from pages.parts.settings import LENGTH, config_widget
+from pages.parts.state import MODEL, TRAIN
 
-common.require_app()
+first_visit.require_app()
 
 SLOW_EPOCH_SECONDS = 300  # above this, say plainly that training will be slow
 
@@ -17,7 +18,7 @@ def use_preset(name: str) -> None:
     """on_click: load a preset into the config and its widgets."""
     st.session_state[MODEL] = PRESETS[name]
     st.session_state.pop(f"{MODEL}.error", None)
-    common.sync_widgets(MODEL)
+    settings.sync_widgets(MODEL)
 
 
 st.title("Architecture")
@@ -29,14 +30,14 @@ a.button("Fast default", on_click=use_preset, args=("default",), icon=":material
          help="3 blocks sized for a 2-core CPU: trains in seconds")
 b.button("The article's network", on_click=use_preset, args=("article",), icon=":material/menu_book:",
          help="the exact network of the article: 84,325,418 parameters")
-common.config_error(MODEL)
+settings.config_error(MODEL)
 
 left, right = st.columns([1, 2], gap="large")
 with left:
-    config_widget(MODEL, "blocks", "Number of blocks")
+    config_widget(MODEL, "widths", "Number of blocks", part=LENGTH)
     config = st.session_state[MODEL]
     for i in range(config.blocks):
-        config_widget(MODEL, f"width{i}", f"Block {i + 1} width (filters)")
+        config_widget(MODEL, "widths", f"Block {i + 1} width (filters)", part=i)
     c1, c2 = st.columns(2)
     config_widget(MODEL, "conv_kernel", "Conv kernel", container=c1)
     config_widget(MODEL, "conv_stride", "Conv stride", container=c2)
@@ -54,15 +55,15 @@ epoch_seconds = cost.train_seconds_per_epoch(train_size)
 with right:
     m = st.columns(2) + st.columns(2)
     m[0].metric("Parameters", f"{cost.params:,}")
-    m[1].metric("FLOPs per image", common.fmt_count(cost.flops))
+    m[1].metric("FLOPs per image", text.fmt_count(cost.flops))
     m[2].metric("Activations per image", f"{cost.activation_bytes / 2**20:.1f} MiB")
-    m[3].metric("Time per epoch", f"~{common.fmt_seconds(epoch_seconds)}",
+    m[3].metric("Time per epoch", f"~{text.fmt_seconds(epoch_seconds)}",
                 help=f"estimated for {train_size:,} training images on 2 CPU cores from the FLOPs; "
                      "the Train page shows the real speed")
     if epoch_seconds > SLOW_EPOCH_SECONDS:
         st.warning(
             f"**This network is slow to train here.** One epoch of {train_size:,} images needs about "
-            f"{common.fmt_seconds(epoch_seconds)} on 2 CPU cores ({common.fmt_count(3 * cost.flops)}FLOPs per "
+            f"{text.fmt_seconds(epoch_seconds)} on 2 CPU cores ({text.fmt_count(3 * cost.flops)}FLOPs per "
             f"training image), and its weights alone take {cost.param_bytes / 2**20:,.0f} MiB. "
             "Try it with a small training subset and one epoch, or use the fast default.",
             icon=":material/hourglass_top:")

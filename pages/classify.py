@@ -11,21 +11,21 @@ from PIL import Image
 from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from deconv import charts, data, inference, runs
+from deconv import charts, data, images, inference, runs
 from deconv.cost import describe
-from pages import common
-from pages.common import ACTIVE_RUN
+from pages.parts import first_visit, server, text
+from pages.parts.state import ACTIVE_RUN
 
 if TYPE_CHECKING:
     from streamlit.typing import UploadedFile
 
     from deconv import explain  # imported where it is used: it loads TensorFlow
 
-common.require_app()
+first_visit.require_app()
 
 SAMPLES = 8
 TOP = 5
-PICTURES = "classify.pictures"  # this session's uploaded pictures (inference.Pictures): they outlive page switches
+PICTURES = "classify.pictures"  # this session's uploaded pictures (images.Pictures): they outlive page switches
 UPLOADER = "classify.uploader"  # the uploader's generation: a new key empties it once its files are kept
 
 
@@ -46,12 +46,12 @@ def test_images(path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return x, y, data.label_names(source)
 
 
-@st.cache_resource(max_entries=2, ttl=common.MODEL_TTL_SECONDS, show_spinner=False)
+@st.cache_resource(max_entries=2, ttl=server.MODEL_TTL_SECONDS, show_spinner=False)
 def probe(path: str, mtime: float) -> Any:
     """A run's cached model, opened up to every block's output and the class scores."""
     from deconv import explain
 
-    return explain.probe(common.load_model(path, mtime))
+    return explain.probe(server.load_model(path, mtime))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -101,8 +101,8 @@ def show(key: str, name: str, preview: Image.Image | np.ndarray, view: np.ndarra
          true: str | None, run: runs.RunInfo, labels: list[str]) -> None:
     """One image: its preview, as the model sees it, the top-5 chart, and on request a look inside."""
     a, b, c = st.columns([1, 1, 3], vertical_alignment="center")
-    a.image(preview, caption=common.plain(name))
-    b.image(inference.enlarge(view), caption="what the model sees (32x32)", width=128)
+    a.image(preview, caption=text.plain(name))
+    b.image(images.enlarge(view), caption="what the model sees (32x32)", width=128)
     verdict = "" if true is None else (" ✓" if prediction.labels[0] == true else f" ✗ (true: {true})")
     unsure = prediction.confidence_note(maybe_other=true is None)
     c.markdown(f"**{prediction.labels[0]}** {prediction.probabilities[0]:.0%}{verdict}"
@@ -122,7 +122,7 @@ st.markdown("Upload pictures, or draw random CIFAR-10 test images, and see which
             "gives them. **Look inside** a result to see what every block outputs and where the evidence for a class "
             "lies.")
 
-saved, broken = runs.list_runs(common.runs_dir())
+saved, broken = runs.list_runs(server.runs_dir())
 if not saved:
     st.info("No trained model yet: train one on the **Train** page first.")
     st.stop()
@@ -131,23 +131,23 @@ active = st.session_state.get(ACTIVE_RUN)
 default = next((i for i, r in enumerate(saved) if str(r.path) == active), 0)
 choice = st.selectbox("Model", names, index=default, help="the active model, or any saved run")
 run = saved[names.index(choice)]
-st.caption(common.architecture_summary(run.model_config)
+st.caption(text.architecture_summary(run.model_config)
            + (f"; validation accuracy {run.val_accuracy:.1%}" if run.val_accuracy is not None else ""))
 try:
-    model = common.model_for(run)
+    model = server.model_for(run)
 except runs.RunError as e:
-    st.error(f"This run cannot be used: {common.plain(str(e))}.")
+    st.error(f"This run cannot be used: {text.plain(str(e))}.")
     st.stop()
 labels = inference.label_names_of(run.meta)
 batch = describe(run.model_config).eval_batch()  # the article's network classifies a few images at a time
 
 upload_tab, cifar_tab = st.tabs(["Your pictures", "CIFAR-10 test images"])
-pictures: inference.Pictures = st.session_state.setdefault(PICTURES, inference.Pictures())
+pictures: images.Pictures = st.session_state.setdefault(PICTURES, images.Pictures())
 with upload_tab:
     generation = st.session_state.setdefault(UPLOADER, 0)
-    mb = inference.MAX_BYTES // 2**20
-    files = st.file_uploader(f"Images ({', '.join(inference.FORMATS.values())}; up to {mb} MB each, "
-                             f"{inference.MAX_FILES_PER_UPLOAD} at a time)", type=list(inference.FILE_TYPES),
+    mb = images.MAX_BYTES // 2**20
+    files = st.file_uploader(f"Images ({', '.join(images.FORMATS.values())}; up to {mb} MB each, "
+                             f"{images.MAX_FILES_PER_UPLOAD} at a time)", type=list(images.FILE_TYPES),
                              accept_multiple_files=True, max_upload_size=mb, key=f"upload-{generation}")
     if files:
         pictures.upload([(f.name, f.getvalue()) for f in files])  # keeps a preview and the 32x32 view, not the file
@@ -155,10 +155,10 @@ with upload_tab:
         st.session_state[UPLOADER] = generation + 1
         st.rerun()  # with an empty uploader: each picture is shown once, from the kept ones
     for name, problem in pictures.problems:
-        st.error(f"**{common.plain(name)}** cannot be classified: {problem}.")  # the name is the visitor's
+        st.error(f"**{text.plain(name)}** cannot be classified: {problem}.")  # the name is the visitor's
     if pictures.left_out:
         st.warning(f"{pictures.left_out} more file{'s were' if pictures.left_out > 1 else ' was'} left out: one "
-                   f"upload takes {inference.MAX_FILES_PER_UPLOAD} files at most. Upload the others on their own.")
+                   f"upload takes {images.MAX_FILES_PER_UPLOAD} files at most. Upload the others on their own.")
     if pictures:
         st.info(f"The network knows ten classes only: {', '.join(labels)}. It answers every picture with one of "
                 "them, so a picture of anything else (a coffee cup, a rocket) still gets one of these labels. An "
@@ -191,5 +191,5 @@ with cifar_tab:
             st.stop()
         pick = np.random.default_rng(st.session_state["sample_seed"]).choice(len(x), min(SAMPLES, len(x)), replace=False)
         for i, pred in zip(pick, inference.classify(model, x[pick], labels, k=len(labels), batch_size=batch)):
-            show(f"test-{i}", f"test image {i}", inference.enlarge(x[i], 150), x[i], pred, test_labels[y[i]], run,
+            show(f"test-{i}", f"test image {i}", images.enlarge(x[i], 150), x[i], pred, test_labels[y[i]], run,
                  labels)

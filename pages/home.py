@@ -3,9 +3,9 @@
 import streamlit as st
 
 from deconv import data
-from pages import common
+from pages.parts import first_visit, server, state, text
 
-common.require_app()
+first_visit.require_app()
 
 st.title("Deconv Lab")
 st.markdown(
@@ -45,15 +45,15 @@ else:
                          text=f"Downloading CIFAR-10: {done / 2**20:.0f} of {max(total, 0) / 2**20:.0f} MB")
 
         try:
-            common.import_keras()  # the download goes through Keras' get_file
+            server.import_keras()  # the download goes through Keras' get_file
             found = data.download(progress)
             st.success(f"Downloaded and extracted to {found.path}.")
         except data.DataError as e:
             st.error(f"{e}")
 
 st.subheader("Your model")
-run = common.active_run()
+run = state.active_run()
 if run:
-    st.markdown(f"Active model: **{run.name}** ({common.architecture_summary(run.model_config)}).")
+    st.markdown(f"Active model: **{run.name}** ({text.architecture_summary(run.model_config)}).")
 else:
     st.markdown("No active model yet. Start on **Architecture**, or go straight to **Train** with the fast default.")

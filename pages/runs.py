@@ -8,10 +8,10 @@ from pathlib import Path
 import streamlit as st
 
 from deconv import charts, runs
-from pages import common
-from pages.common import ACTIVE_RUN, MODEL, TRAIN
+from pages.parts import first_visit, server, settings, state, text
+from pages.parts.state import ACTIVE_RUN, MODEL, TRAIN
 
-common.require_app()
+first_visit.require_app()
 
 METRICS = {"validation accuracy": "val_accuracy", "validation loss": "val_loss", "training accuracy": "accuracy",
            "training loss": "loss"}
@@ -49,7 +49,7 @@ COLUMNS = {
 def delete(path: str) -> None:
     """on_click: delete a run (after the confirmation box was ticked), if this visitor may."""
     try:
-        if not runs.may_delete(runs.read_run(path), common.owner()):
+        if not runs.may_delete(runs.read_run(path), state.owner()):
             raise runs.RunError("only whoever trained or imported a run can delete it")
         runs.delete_run(path)
         st.toast(f"Deleted {Path(path).name}.", icon=":material/delete:")
@@ -64,8 +64,8 @@ def reuse(run: runs.RunInfo) -> None:
     st.session_state[MODEL], st.session_state[TRAIN] = run.model_config, run.train_config
     for key in (MODEL, TRAIN):
         st.session_state.pop(f"{key}.error", None)
-        common.sync_widgets(key)
-    common.start_training()
+        settings.sync_widgets(key)
+    server.start_training()
     st.session_state["runs.goto_train"] = True
 
 
@@ -74,24 +74,24 @@ def import_run() -> None:
     upload, folder = st.session_state.get("import.zip"), st.session_state.get("import.folder", "").strip()
     try:
         source = upload.getvalue() if upload else folder
-        added = runs.import_run(source, common.runs_dir(), upload.name if upload else Path(folder).name,
-                                owner=common.owner())
+        added = runs.import_run(source, server.runs_dir(), upload.name if upload else Path(folder).name,
+                                owner=state.owner())
         st.session_state["import.outcome"] = f"Imported as **{added.name}**."
     except runs.RunError as e:
-        st.session_state["import.outcome"] = f"Not imported: {common.plain(str(e))}."
+        st.session_state["import.outcome"] = f"Not imported: {text.plain(str(e))}."
 
 
 if st.session_state.pop("runs.goto_train", False):
     st.switch_page("pages/train.py")
 
 st.title("Runs")
-st.markdown(f"Every training saved in `{common.runs_dir()}`: compare them, make one the active model, download or delete.")
+st.markdown(f"Every training saved in `{server.runs_dir()}`: compare them, make one the active model, download or delete.")
 if message := st.session_state.pop("runs.error", None):
     st.error(message)
 
-saved, broken = runs.list_runs(common.runs_dir())
+saved, broken = runs.list_runs(server.runs_dir())
 for path, why in broken:
-    st.error(common.plain(f"{path.name} cannot be read and is left out: {why}."), icon=":material/error:")
+    st.error(text.plain(f"{path.name} cannot be read and is left out: {why}."), icon=":material/error:")
 with st.expander("Import a run", icon=":material/upload:"):
     roots = runs.folder_import_roots()
     st.markdown("A run trained elsewhere (`python -m deconv train --out DIR` on a bigger machine): upload a `.zip` "
@@ -133,8 +133,8 @@ right.markdown("**Training**")
 right.dataframe([{"setting": k, "value": str(v)} for k, v in run.train_config.to_dict().items()], hide_index=True,
                 width="stretch")
 st.text(f"{run.meta.message}; trained with " + ", ".join(f"{k} {v}" for k, v in run.meta.versions.items())
-        + (f"; by {'you' if run.meta.owner == common.owner() else 'another visitor'}" if run.meta.owner else ""))
-job = common.job_manager().latest_job(common.owner())
+        + (f"; by {'you' if run.meta.owner == state.owner() else 'another visitor'}" if run.meta.owner else ""))
+job = server.job_manager().latest_job(state.owner())
 busy = bool(job and job.active)
 st.button("Train again with these settings", icon=":material/replay:", disabled=busy, on_click=reuse, args=(run,),
           help="training is already under way for you" if busy else "the same architecture, data, seed and schedule")
@@ -147,7 +147,7 @@ b.download_button("model.keras", data=lambda: (run.path / "model.keras").read_by
 c.download_button("History (CSV)", data=run.history_csv(), file_name=f"{run.name}-history.csv", mime="text/csv",
                   icon=":material/table:", width="stretch", on_click="ignore")
 with d.popover("Delete", icon=":material/delete:", width="stretch"):
-    if runs.may_delete(run, common.owner()):
+    if runs.may_delete(run, state.owner()):
         sure = st.checkbox(f"Yes, delete {run.name} for good")
         st.button("Delete this run", type="primary", disabled=not sure, on_click=delete, args=(str(run.path),))
     else:

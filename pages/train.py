@@ -9,13 +9,14 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from deconv import analysis, charts, data, inference, jobs, runs
+from deconv import analysis, charts, data, images, jobs, runs
 from deconv.config import TrainConfig
 from deconv.cost import describe
-from pages import common
-from pages.common import MODEL, SAVE_PROBLEM, TRAIN, config_widget
+from pages.parts import first_visit, server, settings, state, text
+from pages.parts.settings import config_widget
+from pages.parts.state import MODEL, SAVE_PROBLEM, TRAIN
 
-common.require_app()
+first_visit.require_app()
 
 GALLERY = 8  # confidently wrong images shown after training
 PROGRESS_REFRESH = 1.0  # seconds between progress bar updates while training
@@ -44,7 +45,7 @@ STARTED = "train.started"  # session key: the Train button's callback ran in thi
 
 def start() -> None:
     """on_click Train: queue a job for this session with the current settings."""
-    common.start_training()
+    server.start_training()
     st.session_state[STARTED] = True
 
 
@@ -61,7 +62,7 @@ def progress_block(job: Any) -> None:
         st.progress(min(latest["done"] / latest["total"], 1.0),
                     text=f"Downloading CIFAR-10: {latest['done'] / 2**20:.0f} of {latest['total'] / 2**20:.0f} MB")
     elif latest["event"] == "batch":
-        speed = (f"{batch['images_per_second']:,.0f} images/s · about {common.fmt_seconds(batch['eta'])} left"
+        speed = (f"{batch['images_per_second']:,.0f} images/s · about {text.fmt_seconds(batch['eta'])} left"
                  if batch.get("images_per_second") else "measuring the speed...")
         st.progress(done, text=f"Epoch {batch['epoch']}/{batch['epochs']}, batch {batch['batch']}/{batch['batches']}"
                                f" · {speed}")
@@ -121,7 +122,7 @@ def finished(job: Any) -> None:
     except runs.RunError as e:  # deleted or damaged since it was saved
         st.warning(f"The saved run cannot be read any more: {e}.")
         return
-    common.adopt_finished_run()  # the sidebar did this already when the app script ran first
+    server.adopt_finished_run()  # the sidebar did this already when the app script ran first
     last = info.history[-1] if info.history else {}
     m = st.columns(4)
     m[0].metric("Validation accuracy", f"{info.val_accuracy:.1%}" if info.val_accuracy is not None else "—",
@@ -129,7 +130,7 @@ def finished(job: Any) -> None:
     m[1].metric("Training accuracy", f"{last['accuracy']:.1%}" if "accuracy" in last else "—",
                 help="averaged over the last epoch, with augmentation")
     m[2].metric("Epochs completed", f"{info.epochs_completed} of {info.train_config.epochs}")
-    m[3].metric("Training time", common.fmt_seconds(info.meta.train_seconds))
+    m[3].metric("Training time", text.fmt_seconds(info.meta.train_seconds))
     curves(job)
     st.caption(f"Saved as **{info.name}** in {info.path.parent} and made the active model.")
     try:
@@ -149,14 +150,14 @@ def mistakes(rep: analysis.ValidationReport, info: runs.RunInfo) -> None:
     if not wrong or not path or not Path(path).is_dir():
         return
     try:
-        images = validation_images(path, info.train_config.val_size, info.train_config.seed)
+        pictures = validation_images(path, info.train_config.val_size, info.train_config.seed)
     except data.DataError:
         return
     st.markdown("**Most confidently wrong** validation images: what the model was surest about, and missed")
     for row in range(0, len(wrong), GALLERY // 2):
         cols = st.columns(GALLERY // 2)
         for col, m in zip(cols, wrong[row:row + GALLERY // 2]):
-            col.image(inference.enlarge(images[m.index], 112), width=112,
+            col.image(images.enlarge(pictures[m.index], 112), width=112,
                       caption=f"{rep.labels[m.predicted]} {m.confidence:.0%} (is {rep.labels[m.true]})")
 
 
@@ -176,7 +177,7 @@ def unsaved(job: Any) -> None:
 
 def job_view(job_id: str, page_saw_active: bool) -> None:
     """The job's state; reruns the whole page once when it ends so the buttons come back."""
-    manager = common.job_manager()
+    manager = server.job_manager()
     job = manager.get(job_id)
     if job is None:
         return
@@ -194,7 +195,7 @@ def job_view(job_id: str, page_saw_active: bool) -> None:
 
 def live_charts(job_id: str) -> None:
     """The growing curves and the latest epoch's confusion matrix of a running job."""
-    job = common.job_manager().get(job_id)
+    job = server.job_manager().get(job_id)
     if job is not None and job.active:
         curves(job)
         live_confusion(job)
@@ -203,10 +204,10 @@ def live_charts(job_id: str) -> None:
 st.title("Train")
 st.markdown("Train the network from **Architecture** on a CIFAR-10 subset and watch it learn; "
             "you can switch pages while it trains and come back.")
-common.config_error(TRAIN)
+settings.config_error(TRAIN)
 
-manager = common.job_manager()
-job = manager.latest_job(common.owner())
+manager = server.job_manager()
+job = manager.latest_job(state.owner())
 busy = bool(job and job.active)
 
 try:
@@ -239,8 +240,8 @@ with right:
     cost = describe(model_config)
     estimate = cost.train_seconds(train_config)
     memory = jobs.memory_check(model_config, train_config)
-    st.markdown(f"**Network:** {common.architecture_summary(model_config)}.  \n"
-                f"**Estimated training time:** about {common.fmt_seconds(estimate)} for {train_config.epochs} "
+    st.markdown(f"**Network:** {text.architecture_summary(model_config)}.  \n"
+                f"**Estimated training time:** about {text.fmt_seconds(estimate)} for {train_config.epochs} "
                 f"epoch{'s' if train_config.epochs > 1 else ''} of {train_config.train_size:,} images; "
                 f"peak memory about {memory.needed / 2**30:.1f} GiB.")
     if train_config.images_per_epoch < UNUSED_WORTH_SAYING * train_config.train_size:

@@ -28,7 +28,7 @@ PAGES = ["pages/home.py", "pages/architecture.py", "pages/train.py", "pages/clas
 @pytest.fixture(scope="module")
 def app_env(tmp_path_factory: pytest.TempPathFactory):
     """A fresh server-wide state: synthetic data, an empty runs folder, a new job manager."""
-    from pages import common
+    from pages.parts import server
 
     tmp = tmp_path_factory.mktemp("app")
     saved = {k: os.environ.get(k) for k in ("DECONV_DATA_DIR", "DECONV_RUNS_DIR")}
@@ -37,7 +37,7 @@ def app_env(tmp_path_factory: pytest.TempPathFactory):
     st.cache_resource.clear()
     st.cache_data.clear()
     yield tmp / "runs"
-    common.job_manager().shutdown()
+    server.job_manager().shutdown()
     st.cache_resource.clear()
     st.cache_data.clear()
     for k, v in saved.items():
@@ -54,7 +54,7 @@ def a_run(app_env: Path) -> Path:
 
     config = ModelConfig(widths=(8,))
     return runs.save_run(app_env / "untrained", build_model(config), config, at_config(epochs=1), [],
-                         {"status": "finished", "val_accuracy": 0.1})
+                         runs.RunMeta(val_accuracy=0.1))
 
 
 def page(name: str) -> AppTest:
@@ -63,11 +63,11 @@ def page(name: str) -> AppTest:
 
 
 def wait_job(predicate, timeout: float = 120) -> None:
-    from pages import common
+    from pages.parts import server
 
     deadline = time.time() + timeout
     while time.time() < deadline:
-        job = common.job_manager().jobs[-1] if common.job_manager().jobs else None
+        job = server.job_manager().jobs[-1] if server.job_manager().jobs else None
         if job is not None and predicate(job):
             return
         time.sleep(0.2)
@@ -214,9 +214,9 @@ def test_stop_ends_training_early_and_keeps_the_model(app_env: Path) -> None:
     wait_job(lambda job: not job.active, timeout=30)
     at.run()
     assert "Stopped by request in epoch" in at.info[0].value
-    from pages import common
+    from pages.parts import server
 
-    job = common.job_manager().jobs[-1]
+    job = server.job_manager().jobs[-1]
     assert job.state == "stopped" and (job.run_dir / "model.keras").exists()
     info = runs.read_run(job.run_dir)
     assert info.history[-1].get("partial") and info.val_accuracy is not None  # the saved weights were validated
@@ -271,9 +271,9 @@ def test_runs_page_lists_runs_and_reports_a_broken_one(app_env: Path, a_run: Pat
 
 
 def test_a_session_waiting_for_the_slot_sees_its_place_and_can_cancel(app_env: Path) -> None:
-    from pages import common
+    from pages.parts import server
 
-    manager = common.job_manager()
+    manager = server.job_manager()
     other = manager.submit("another visitor", ModelConfig(widths=(8,)), at_config(epochs=200), app_env / "other-run")
     try:
         at = small_training(page("pages/train.py"), epochs=1)
@@ -295,7 +295,7 @@ def at_config(epochs: int):
 
 
 def test_a_refreshed_page_finds_its_training_and_active_model_again(app_env: Path) -> None:
-    from pages import common
+    from pages.parts import server
 
     at = small_training(page("pages/train.py"), epochs=200)
     button(at, "Train").click().run()
@@ -309,7 +309,7 @@ def test_a_refreshed_page_finds_its_training_and_active_model_again(app_env: Pat
     assert again.session_state["client"] == client and button(again, "Stop")
     button(again, "Stop").click().run()
     wait_job(lambda job: not job.active, timeout=30)
-    assert common.job_manager().jobs[-1].owner == client
+    assert server.job_manager().jobs[-1].owner == client
 
 
 def test_settings_come_from_the_url_clamped_with_a_note_and_a_link_shares_them(app_env: Path) -> None:
@@ -386,11 +386,11 @@ def test_train_again_starts_a_saved_runs_settings_on_the_train_page(app_env: Pat
     assert not at.exception and at.title[0].value == "Train"
     assert at.session_state["model_config"] == saved[-1].model_config
     assert at.session_state["train_config"] == saved[-1].train_config
-    from pages import common
+    from pages.parts import server
 
-    job = common.job_manager().latest_job(at.session_state["client"])
+    job = server.job_manager().latest_job(at.session_state["client"])
     assert job.model_config == saved[-1].model_config and job.train_config == saved[-1].train_config
-    common.job_manager().stop(job)
+    server.job_manager().stop(job)
     wait_job(lambda j: not job.active, timeout=60)
 
 
@@ -443,9 +443,9 @@ def test_a_full_runs_folder_refuses_a_training_with_the_reason(app_env: Path, mo
     at = small_training(page("pages/train.py"), epochs=1)
     button(at, "Train").click().run()
     assert not at.exception and "Not started: the runs folder is full" in at.warning[0].value
-    from pages import common
+    from pages.parts import server
 
-    assert common.job_manager().active_job(at.session_state["client"]) is None
+    assert server.job_manager().active_job(at.session_state["client"]) is None
 
 
 def test_a_model_name_of_300_characters_in_a_link_is_ignored(app_env: Path) -> None:
@@ -456,11 +456,11 @@ def test_a_model_name_of_300_characters_in_a_link_is_ignored(app_env: Path) -> N
 
 
 def test_a_training_longer_than_the_server_allows_is_refused_with_the_reason(app_env: Path, monkeypatch) -> None:
-    from pages import common
+    from pages.parts import server
 
-    monkeypatch.setattr(common.job_manager(), "max_job_seconds", 1.0)
+    monkeypatch.setattr(server.job_manager(), "max_job_seconds", 1.0)
     at = small_training(page("pages/train.py"), epochs=200)
     button(at, "Train").click().run()
     assert not at.exception and "Not started: This training would take about" in at.warning[0].value
     assert not at.warning[0].value.endswith("..")
-    assert common.job_manager().active_job(at.session_state["client"]) is None
+    assert server.job_manager().active_job(at.session_state["client"]) is None

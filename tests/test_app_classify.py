@@ -32,14 +32,14 @@ def saved_run(app_env: Path) -> Path:  # noqa: F811
     model = build_model(CONFIG)
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(x, y, epochs=2, batch_size=20, verbose=0)
-    return runs.save_run(app_env / "look-inside", model, CONFIG, TrainConfig(), [], {})
+    return runs.save_run(app_env / "look-inside", model, CONFIG, TrainConfig(), [], runs.RunMeta())
 
 
 @pytest.fixture(scope="module")
 def untrained_run(app_env: Path) -> Path:  # noqa: F811
     """A run that never trained: its answers are near uniform over the ten classes."""
     keras.utils.set_random_seed(0)
-    return runs.save_run(app_env / "untrained", build_model(CONFIG), CONFIG, TrainConfig(), [], {})
+    return runs.save_run(app_env / "untrained", build_model(CONFIG), CONFIG, TrainConfig(), [], runs.RunMeta())
 
 
 def charts(at: AppTest, prefix: str) -> dict[str, dict[str, Any]]:

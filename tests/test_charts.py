@@ -113,7 +113,7 @@ def app_env(tmp_path, monkeypatch: pytest.MonkeyPatch):
     """Synthetic data and an empty runs folder for the app, its caches cleared before and after."""
     import streamlit as st
 
-    from pages import common
+    from pages.parts import server
     from tests.conftest import write_cifar
 
     monkeypatch.setenv("DECONV_DATA_DIR", str(write_cifar(tmp_path / "data")))
@@ -121,7 +121,7 @@ def app_env(tmp_path, monkeypatch: pytest.MonkeyPatch):
     st.cache_resource.clear()
     st.cache_data.clear()
     yield tmp_path / "runs"
-    common.job_manager().shutdown()
+    server.job_manager().shutdown()
     st.cache_resource.clear()
     st.cache_data.clear()
 

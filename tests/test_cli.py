@@ -39,7 +39,7 @@ def test_describe_prints_params_flops_and_layers() -> None:
 @pytest.mark.parametrize("args, words", [
     (["describe", "--widths", "4"], "widths=4 is out of range: allowed 1 to 4 values, each 8 to 256"),
     (["describe", "--widths", "a,b"], "widths='a,b' is not valid"),
-    (["describe", "--head", "dense"], "head='dense' is not allowed"),
+    (["describe", "--head", "dense"], "head='dense' is not valid: allowed one of adaptive, flatten"),
     (["train", "--out", "x", "--epochs", "0"], "epochs=0 is out of range: allowed 1 to 200"),
     (["train", "--out", "x", "--lr", "fast"], "learning_rate='fast' is not valid"),
     (["train", "--out", "x", "--preset", "huge"], "invalid choice: 'huge'"),

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from deconv import runs
-from deconv.cli import tf_config_problem
+from deconv.distribute import tf_config_problem
 from tests.conftest import write_cifar
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ import tensorflow as tf
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from deconv import cli, data, train
+from deconv import data, distribute, inference, train
 from deconv.config import ModelConfig, TrainConfig
 
 class Losses(keras.callbacks.Callback):
@@ -39,14 +39,14 @@ class Losses(keras.callbacks.Callback):
         self.losses.append(float(logs["loss"]))
 
 config = TrainConfig.from_dict(json.loads(sys.argv[2]))
-dataset, strategy, out = data.load_dataset(config, sys.argv[1]), cli.make_strategy("mirrored"), {}
+dataset, strategy, out = data.load_dataset(config, sys.argv[1]), distribute.make_strategy("mirrored"), {}
 for name in ("none", "mirrored"):  # both without XLA: asked for, the mirrored run turns it off and says so
     events, losses = [], Losses()
     result = train.train(ModelConfig(widths=(8, 16)), config.replace(xla=name == "mirrored"), dataset,
                          events.append, callbacks=[losses], strategy=strategy if name == "mirrored" else None)
     start = next(e for e in events if e["event"] == "start")
     out[name] = {"status": result.status, **result.extra, "val_accuracy": result.history[-1]["val_accuracy"],
-                 "evaluated": train.evaluate(result.model, dataset.x_val, dataset.y_val)["accuracy"],
+                 "evaluated": inference.evaluate(result.model, dataset.x_val, dataset.y_val)["accuracy"],
                  "losses": losses.losses, "epoch_losses": [h["loss"] for h in result.history],
                  "kinds": [e["event"] for e in events], "batches": start["batches"],
                  "messages": [e["message"] for e in events if e["event"] == "status"]}
@@ -59,7 +59,7 @@ class StopAtBatch3(keras.callbacks.Callback):
             stop.set()
 result = train.train(ModelConfig(widths=(8,)), config.replace(epochs=50), dataset, stop=stop,
                      callbacks=[StopAtBatch3()], strategy=strategy)
-rows = len(train.predict(result.model, dataset.x_val[:5]))  # Keras repeats rows under a strategy; not here
+rows = len(inference.predict(result.model, dataset.x_val[:5]))  # Keras repeats rows under a strategy; not here
 out["stopped"] = {"status": result.status, "batches_seen": len(seen), "rows": rows}
 print(json.dumps(out))
 """

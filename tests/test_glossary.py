@@ -105,7 +105,7 @@ def test_the_architecture_page_explains_the_chosen_layer_type(tmp_path: Path, mo
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from pages import common
+    from pages.parts import server
     from tests.conftest import write_cifar
 
     monkeypatch.setenv("DECONV_DATA_DIR", str(write_cifar(tmp_path / "data")))
@@ -126,6 +126,6 @@ def test_the_architecture_page_explains_the_chosen_layer_type(tmp_path: Path, mo
         at.selectbox(key="architecture.layer_type").set_value("Flatten").run()
         assert "`flatten`: 4x4x128 → 2,048 numbers in one row" in " ".join(m.value for m in at.markdown)
     finally:
-        common.job_manager().shutdown()
+        server.job_manager().shutdown()
         st.cache_resource.clear()
         st.cache_data.clear()

@@ -24,22 +24,22 @@ TAKEN = "PNG, JPEG, GIF, BMP, WebP"
 
 @pytest.mark.parametrize("name", list(images.good()))
 def test_awkward_valid_images_become_32x32_rgb(name: str) -> None:
-    x = inference.prepare(images.good()[name])
+    x = images.prepare(images.good()[name])
     assert x.shape == (32, 32, 3) and x.dtype == np.uint8
 
 
 @pytest.mark.parametrize("name", list(images.good()))
 def test_previews_fit_150_pixels_and_keep_at_least_one(name: str) -> None:
-    img = inference.open_image(images.good()[name])
-    small = inference.preview(img)
+    img = images.open_image(images.good()[name])
+    small = images.preview(img)
     assert 1 <= small.width <= 150 and 1 <= small.height <= 150
     assert max(small.size) == min(150, max(img.size))  # as large as fits, never enlarged
 
 
 @pytest.mark.parametrize("name", list(images.bad()))
 def test_bad_files_get_a_clear_error(name: str) -> None:
-    with pytest.raises(inference.ImageError) as err:
-        inference.prepare(images.bad()[name])
+    with pytest.raises(images.ImageError) as err:
+        images.prepare(images.bad()[name])
     assert "Traceback" not in str(err.value) and len(str(err.value)) > 10
 
 
@@ -47,14 +47,14 @@ def test_error_messages_say_what_is_wrong() -> None:
     bad = images.bad()
     for name, words in [("empty.png", "empty"), ("text.jpg", "not an image"), ("truncated.png", "truncated"),
                         ("bomb.png", "million-pixel limit")]:
-        with pytest.raises(inference.ImageError, match=words):
-            inference.prepare(bad[name])
+        with pytest.raises(images.ImageError, match=words):
+            images.prepare(bad[name])
 
 
 @pytest.mark.parametrize("name", list(images.other_formats()))
 def test_other_formats_are_refused_by_name_with_the_formats_taken(name: str) -> None:
-    with pytest.raises(inference.ImageError) as err:
-        inference.prepare(images.other_formats()[name])
+    with pytest.raises(images.ImageError) as err:
+        images.prepare(images.other_formats()[name])
     named = {".tiff": "TIFF", ".tif": "TIFF", ".ico": "ICO", ".ppm": "PPM", ".psd": "PSD"}[Path(name).suffix]
     assert str(err.value) == f"it is in {named} format, not one of the formats taken here: {TAKEN}"
 
@@ -62,40 +62,40 @@ def test_other_formats_are_refused_by_name_with_the_formats_taken(name: str) -> 
 def test_a_file_on_disk_gets_the_same_formats_as_an_upload(tmp_path: Path) -> None:  # the CLI reads paths
     (tmp_path / "photo.tiff").write_bytes(images.other_formats()["photo.tiff"])
     (tmp_path / "photo.png").write_bytes(images.good()["photo.png"])
-    with pytest.raises(inference.ImageError, match="TIFF format, not one of the formats taken here"):
-        inference.prepare(tmp_path / "photo.tiff")
-    assert inference.prepare(str(tmp_path / "photo.png")).shape == (32, 32, 3)
-    with pytest.raises(inference.ImageError, match="cannot read it"):
-        inference.prepare(tmp_path / "missing.png")
+    with pytest.raises(images.ImageError, match="TIFF format, not one of the formats taken here"):
+        images.prepare(tmp_path / "photo.tiff")
+    assert images.prepare(str(tmp_path / "photo.png")).shape == (32, 32, 3)
+    with pytest.raises(images.ImageError, match="cannot read it"):
+        images.prepare(tmp_path / "missing.png")
 
 
 def test_the_uploaders_file_types_are_the_formats_taken() -> None:
-    assert ", ".join(inference.FORMATS.values()) == TAKEN
-    assert {Image.registered_extensions()[f".{t}"] for t in inference.FILE_TYPES} == set(inference.FORMATS)
+    assert ", ".join(images.FORMATS.values()) == TAKEN
+    assert {Image.registered_extensions()[f".{t}"] for t in images.FILE_TYPES} == set(images.FORMATS)
 
 
 def test_a_phones_multi_picture_jpeg_is_read_as_a_jpeg() -> None:
-    x = inference.prepare(images.multi_picture_jpeg())
+    x = images.prepare(images.multi_picture_jpeg())
     assert x[16, 16, 0] > 200 and x[16, 16, 2] < 50  # the first picture, red
 
 
 def test_a_webp_larger_than_its_own_limit_is_refused_before_decoding() -> None:
-    with pytest.raises(inference.ImageError, match="4100x4000 pixels, more than the 16-million-pixel limit of a WebP"):
-        inference.prepare(images.webp_declaring(4100, 4000))
-    assert inference.MAX_WEBP_PIXELS < 4100 * 4000 < inference.MAX_PIXELS
+    with pytest.raises(images.ImageError, match="4100x4000 pixels, more than the 16-million-pixel limit of a WebP"):
+        images.prepare(images.webp_declaring(4100, 4000))
+    assert images.MAX_WEBP_PIXELS < 4100 * 4000 < images.MAX_PIXELS
 
 
 def test_a_large_picture_is_shrunk_to_what_the_preview_and_the_view_need() -> None:
-    assert inference.reduction(8000, 5000) == 13 and inference.reduction(640, 480) == 1
-    assert inference.reduction(10000, 20) == 1  # a strip keeps its short side: the model sees its middle square
+    assert images.reduction(8000, 5000) == 13 and images.reduction(640, 480) == 1
+    assert images.reduction(10000, 20) == 1  # a strip keeps its short side: the model sees its middle square
     for w, h in [(8000, 5000), (5000, 8000), (3000, 500), (40000, 1000), (700, 700)]:
-        f = inference.reduction(w, h)
+        f = images.reduction(w, h)
         assert min(w, h) // f >= 128 and max(w, h) // f >= 600  # 4x the 32x32 view and the 150-pixel preview
     big = images.gradient(3000, 2000)
-    img = inference.open_image(images.encode(big, "PNG"))
+    img = images.open_image(images.encode(big, "PNG"))
     assert img.size == (600, 400)
-    full = np.asarray(inference.model_view(big), int)  # what the view was when made from the whole picture
-    assert np.abs(np.asarray(inference.model_view(img), int) - full).max() <= 2
+    full = np.asarray(images.model_view(big), int)  # what the view was when made from the whole picture
+    assert np.abs(np.asarray(images.model_view(img), int) - full).max() <= 2
 
 
 # Measured in a fresh process, whose peak memory is its own: this one's may already be above what a picture costs.
@@ -108,10 +108,10 @@ from deconv import inference
 def peak_mb():
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
 
-inference.prepare(sys.argv[2])  # Pillow's PNG reader loaded before measuring
+images.prepare(sys.argv[2])  # Pillow's PNG reader loaded before measuring
 content = open(sys.argv[1], "rb").read()
 before, start = peak_mb(), time.perf_counter()
-picture = inference.Pictures().add("big.png", content)
+picture = images.Pictures().add("big.png", content)
 print(json.dumps({"grown_mb": peak_mb() - before, "seconds": time.perf_counter() - start,
                   "row": picture.view[16, :, 0].tolist()}))
 """
@@ -133,30 +133,30 @@ def test_a_huge_sixteen_bit_png_costs_little_memory(tmp_path: Path) -> None:
 
 
 def test_exif_orientation_is_applied() -> None:
-    x = inference.prepare(images.exif_rotated_jpeg()).astype(int)
+    x = images.prepare(images.exif_rotated_jpeg()).astype(int)
     top, bottom = x[:8].mean((0, 1)), x[-8:].mean((0, 1))
     assert top[0] > 200 and top[2] < 60  # red on top: the model sees the picture upright
     assert bottom[2] > 200 and bottom[0] < 60
 
 
 def test_transparency_is_white_and_animation_uses_the_first_frame() -> None:
-    rgba = inference.prepare(images.good()["rgba.png"])
+    rgba = images.prepare(images.good()["rgba.png"])
     assert (rgba[0, 0] == 255).all() and rgba[16, 16].tolist() == [255, 0, 0]
-    pal = inference.prepare(images.good()["palette.png"])
+    pal = images.prepare(images.good()["palette.png"])
     assert (pal[0, 0] == 255).all() and pal[16, 16][0] > 200 and pal[16, 16][1] < 50
-    gif = inference.prepare(images.animated_gif())
+    gif = images.prepare(images.animated_gif())
     assert gif[16, 16, 1] > 150 and gif[16, 16, 0] < 50  # green, not magenta
 
 
 def test_sixteen_bit_grey_keeps_its_range() -> None:
-    x = inference.prepare(images.good()["grey16.png"]).astype(int)
+    x = images.prepare(images.good()["grey16.png"]).astype(int)
     assert x.min() < 40 and x.max() > 200 and (x[..., 0] == x[..., 1]).all()
 
 
 def test_centre_crop_keeps_the_middle_of_a_wide_image() -> None:
     img = Image.new("RGB", (300, 100), "black")
     img.paste((255, 255, 255), (100, 0, 200, 100))
-    view = inference.model_view(img)
+    view = images.model_view(img)
     assert view.size == (32, 32) and np.asarray(view).mean() > 240
 
 
@@ -170,8 +170,8 @@ def test_top_k_is_sorted() -> None:
 @given(st.binary(max_size=2048))
 def test_random_bytes_raise_only_image_error(blob: bytes) -> None:
     try:
-        assert inference.prepare(blob).shape == (32, 32, 3)
-    except inference.ImageError:
+        assert images.prepare(blob).shape == (32, 32, 3)
+    except images.ImageError:
         pass
 
 
@@ -187,8 +187,8 @@ def test_random_valid_images_classify_or_raise_image_error(w: int, h: int, mode:
     except (OSError, ValueError, KeyError):
         return  # this format cannot store this mode
     try:
-        assert inference.prepare(blob).shape == (32, 32, 3)
-    except inference.ImageError:
+        assert images.prepare(blob).shape == (32, 32, 3)
+    except images.ImageError:
         pass
 
 
@@ -228,7 +228,7 @@ def png(colour: tuple[int, int, int]) -> bytes:
 
 
 def test_pictures_keep_a_preview_and_the_view_not_the_file() -> None:
-    pictures = inference.Pictures()
+    pictures = images.Pictures()
     picture = pictures.add("photo.png", images.good()["photo.png"])
     assert list(pictures) == [picture] and picture.number == 0 and picture.name == "photo.png"
     assert picture.view.shape == (32, 32, 3) and picture.view.dtype == np.uint8
@@ -238,7 +238,7 @@ def test_pictures_keep_a_preview_and_the_view_not_the_file() -> None:
 
 
 def test_the_same_file_is_kept_once_and_moves_to_the_newest_place() -> None:
-    pictures = inference.Pictures()
+    pictures = images.Pictures()
     first = pictures.add("red.png", png((255, 0, 0)))
     pictures.add("blue.png", png((0, 0, 255)))
     assert pictures.add("red.png", png((255, 0, 0))) is first
@@ -248,20 +248,20 @@ def test_the_same_file_is_kept_once_and_moves_to_the_newest_place() -> None:
 
 
 def test_pictures_keep_only_the_newest_up_to_the_limit() -> None:
-    pictures = inference.Pictures(limit=3)
+    pictures = images.Pictures(limit=3)
     for i in range(5):
         pictures.add(f"{i}.png", png((i * 40, 0, 0)))
     assert [p.name for p in pictures] == ["2.png", "3.png", "4.png"]
     assert [p.number for p in pictures] == [2, 3, 4]  # numbers are never reused: stable widget keys
-    assert inference.Pictures().limit == inference.MAX_PICTURES == 20
+    assert images.Pictures().limit == images.MAX_PICTURES == 20
     with pytest.raises(ValueError):
-        inference.Pictures(limit=0)
+        images.Pictures(limit=0)
 
 
 def decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """The contents inference.open_image is asked to decode from now on, in order."""
+    """The contents images.open_image is asked to decode from now on, in order."""
     asked: list[bytes] = []
-    real = inference.open_image
+    real = images.open_image
 
     def counted(content: bytes) -> Image.Image:
         asked.append(content)
@@ -273,7 +273,7 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
 def test_the_same_bytes_are_decoded_once_whatever_their_name(monkeypatch: pytest.MonkeyPatch) -> None:
     asked = decodes(monkeypatch)
-    pictures = inference.Pictures()
+    pictures = images.Pictures()
     first = pictures.add("red.png", png((255, 0, 0)))
     copy = pictures.add("copy of red.png", png((255, 0, 0)))
     assert copy is not first and copy.view is first.view and copy.preview is first.preview
@@ -286,10 +286,10 @@ def test_the_same_bytes_are_decoded_once_whatever_their_name(monkeypatch: pytest
 
 def test_an_upload_reads_twenty_files_and_counts_the_ones_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
     asked = decodes(monkeypatch)
-    pictures = inference.Pictures()
-    files = [(f"{i}.png", png((i * 10, 0, 0))) for i in range(inference.MAX_FILES_PER_UPLOAD + 5)]
+    pictures = images.Pictures()
+    files = [(f"{i}.png", png((i * 10, 0, 0))) for i in range(images.MAX_FILES_PER_UPLOAD + 5)]
     pictures.upload(files)
-    assert inference.MAX_FILES_PER_UPLOAD == 20 and len(asked) == 20 and pictures.left_out == 5
+    assert images.MAX_FILES_PER_UPLOAD == 20 and len(asked) == 20 and pictures.left_out == 5
     assert [p.name for p in pictures] == [f"{i}.png" for i in range(20)]
     pictures.upload(files[:1])
     assert pictures.left_out == 0 and len(asked) == 20  # counted per upload; a kept file is not decoded again
@@ -299,7 +299,7 @@ def test_an_upload_reads_twenty_files_and_counts_the_ones_left_out(monkeypatch: 
 
 
 def test_no_decoded_picture_or_file_outlives_an_upload() -> None:
-    pictures = inference.Pictures()
+    pictures = images.Pictures()
     pictures.upload([("big.png", images.encode(images.gradient(2400, 1800), "PNG")), ("bad.png", b"x" * 100)])
     gc.collect()
     assert not [o for o in gc.get_objects() if isinstance(o, Image.Image) and o.width >= 600]
@@ -309,7 +309,7 @@ def test_no_decoded_picture_or_file_outlives_an_upload() -> None:
 
 
 def test_an_upload_keeps_the_good_files_and_says_why_the_others_failed() -> None:
-    pictures = inference.Pictures()
+    pictures = images.Pictures()
     pictures.upload([("photo.png", images.good()["photo.png"]), ("notes.png", b"just some text")])
     assert [p.name for p in pictures] == ["photo.png"]
     assert [name for name, _ in pictures.problems] == ["notes.png"] and "not an image" in pictures.problems[0][1]

@@ -14,9 +14,8 @@ import pytest
 
 from deconv import runs
 from deconv.config import ModelConfig, TrainConfig, preset
-from deconv.jobs import (QUIET_SECONDS, JobManager, JobRefused, config_argv, max_job_seconds_from_env,
-                         max_queue_from_env, spawn)
-from deconv.cli import build_parser, configs_from_args
+from deconv.experiment import Experiment
+from deconv.jobs import QUIET_SECONDS, JobManager, JobRefused, max_job_seconds_from_env, max_queue_from_env, spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,10 +43,12 @@ def manager(tmp_path: Path, cifar_dir: Path):
     m.shutdown()
 
 
-def test_config_argv_round_trips_through_the_cli_parser() -> None:
-    model, train = ModelConfig(widths=(16, 24), head="flatten"), TrainConfig(learning_rate=3e-4, seed=7)
-    args = build_parser().parse_args(["train", *config_argv(model, train), "--out", "x"])
-    assert configs_from_args(args) == (model, train)
+def test_an_experiment_reaches_the_worker_as_json_unchanged() -> None:
+    experiment = Experiment(ModelConfig(widths=(16, 24), head="flatten"), TrainConfig(learning_rate=3e-4, seed=7),
+                            Path("runs/x"), owner="-abc", strategy="mirrored")
+    assert Experiment.from_json(json.loads(json.dumps(experiment.to_json()))) == experiment
+    with pytest.raises(ValueError, match="widths"):
+        Experiment.from_json({**experiment.to_json(), "model": {"widths": [1000]}})
 
 
 def test_a_job_trains_writes_progress_and_saves_a_run(manager: JobManager, tmp_path: Path) -> None:

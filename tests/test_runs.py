@@ -28,7 +28,7 @@ HISTORY = [{"epoch": 1, "loss": 2.0, "accuracy": 0.3, "val_loss": 2.1, "val_accu
 
 def save(path: Path, model: keras.Model | None = None) -> Path:
     return runs.save_run(path, model or build_model(MODEL_CONFIG), MODEL_CONFIG, TrainConfig(epochs=2), HISTORY,
-                         {"status": "finished"})
+                         runs.RunMeta())
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:

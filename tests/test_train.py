@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from deconv import analysis, data, train
+from deconv import analysis, data, inference, train
 from deconv.config import PRESETS, ModelConfig, TrainConfig
 
 SMALL = ModelConfig(widths=(8,))
@@ -97,7 +97,7 @@ def test_every_epoch_reports_the_validation_confusion_matrix(cifar_dir: Path) ->
         assert np.trace(matrix) / 100 == pytest.approx(e["val_accuracy"], abs=1e-6)
         assert np.bincount(ds.y_val, minlength=10).tolist() == matrix.sum(1).tolist()  # row = true class
     # the last epoch's counts are those of the returned model's predictions
-    predicted = train.predict(result.model, ds.x_val).argmax(1)
+    predicted = inference.predict(result.model, ds.x_val).argmax(1)
     assert epochs[-1]["val_confusion"] == analysis.confusion_matrix(ds.y_val, predicted).tolist()
     assert "val_confusion" not in result.history[-1]  # the saved history stays scalar
     assert result.model.get_compile_config()["metrics"] == ["accuracy"]  # plain Keras loads the saved model
@@ -118,7 +118,7 @@ def test_stop_takes_effect_within_one_batch_and_keeps_the_model(cifar_dir: Path)
     assert result.status == "stopped" and "epoch 2 of 50" in result.message
     assert len(batches_seen) <= 21
     assert result.history[-1].get("partial") and "val_accuracy" not in result.history[-1]
-    assert train.predict(result.model, ds.x_val[:4]).shape == (4, 10)
+    assert inference.predict(result.model, ds.x_val[:4]).shape == (4, 10)
 
 
 def test_nan_loss_ends_training_and_restores_the_last_good_weights(cifar_dir: Path) -> None:
@@ -134,15 +134,15 @@ def test_nan_loss_ends_training_and_restores_the_last_good_weights(cifar_dir: Pa
     assert result.status == "nan" and "smaller learning rate" in result.message
     assert len(result.history) == 1
     assert all(np.isfinite(w).all() for w in result.model.get_weights())
-    assert np.isfinite(train.predict(result.model, ds.x_val[:4])).all()
+    assert np.isfinite(inference.predict(result.model, ds.x_val[:4])).all()
 
 
 def test_evaluate_and_confusion_matrix(cifar_dir: Path) -> None:
     config, ds = small_run(cifar_dir)
     result = train.train(SMALL, config, ds)
-    metrics = train.evaluate(result.model, ds.x_val, ds.y_val)
+    metrics = inference.evaluate(result.model, ds.x_val, ds.y_val)
     assert metrics["n"] == 100 and abs(metrics["accuracy"] - result.history[-1]["val_accuracy"]) < 1e-6
-    rep = analysis.report(train.predict(result.model, ds.x_val), ds.y_val, ds.label_names)
+    rep = analysis.report(inference.predict(result.model, ds.x_val), ds.y_val, ds.label_names)
     assert rep.matrix.shape == (10, 10) and rep.matrix.sum() == 100
     assert abs(rep.accuracy - metrics["accuracy"]) < 1e-9
     assert np.allclose(rep.per_class, np.diag(rep.matrix) / rep.matrix.sum(1))
@@ -166,8 +166,8 @@ def test_predicting_any_batch_size_on_several_models_traces_once_each_and_warns_
     x = np.random.default_rng(0).integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)
     with caplog.at_level(logging.WARNING, logger="tensorflow"):
         for model in models:
-            first = train.forward(model)
-            shapes = [train.predict(model, x[:n], batch_size=256).shape for n in (1, 3, 8, 100, 300)]
-            assert shapes == [(1, 10), (3, 10), (8, 10), (100, 10), (300, 10)] and train.forward(model) is first
+            first = inference.forward(model)
+            shapes = [inference.predict(model, x[:n], batch_size=256).shape for n in (1, 3, 8, 100, 300)]
+            assert shapes == [(1, 10), (3, 10), (8, 10), (100, 10), (300, 10)] and inference.forward(model) is first
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
-    assert np.allclose(train.predict(models[0], x[:5]), models[0](x[:5].astype(np.float32)), atol=1e-6)
+    assert np.allclose(inference.predict(models[0], x[:5]), models[0](x[:5].astype(np.float32)), atol=1e-6)

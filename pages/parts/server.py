@@ -1,0 +1,119 @@
+"""What one server process shares among its sessions: the job manager, loaded models, the heavy imports."""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from deconv import runs
+from pages.parts import state
+
+MODEL_TTL_SECONDS = 900  # a loaded model nobody has used for this long is released (the article's holds 340 MB)
+KERAS_PAGES = {"train", "classify", "runs"}  # url paths of the pages that import Keras
+_keras_import = threading.Lock()
+
+
+def import_keras() -> None:
+    """Import Keras (and TensorFlow) one session thread at a time.
+
+    Two sessions importing it for the first time at once can hit a deadlock inside its circular
+    imports, which leaves the module half-initialised for the server's whole life (seen under load:
+    every later model load failed). Once imported, this is an uncontended lock and a dict lookup.
+    """
+    with _keras_import:
+        import keras  # noqa: F401
+
+
+def freeze_heavy_imports() -> None:
+    """Exclude TensorFlow's objects from garbage collection once it is imported in the server.
+
+    Streamlit runs a full collection, and Keras' clear_session another, after every script run,
+    fragment reruns included; with TensorFlow loaded each took about 0.3 s here, so a live view
+    refreshing every second cost most of a core. After gc.freeze() they take milliseconds.
+    """
+    if "tensorflow" in sys.modules and not getattr(freeze_heavy_imports, "done", False):
+        gc.collect()
+        gc.freeze()
+        freeze_heavy_imports.done = True  # type: ignore[attr-defined]
+
+
+def session_id() -> str:
+    """This browser session's id (owner of its training job)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx else "local"
+
+
+def _session_alive(owner: str) -> bool:
+    """Whether a browser session still exists (always true outside a running server)."""
+    from streamlit import runtime
+
+    return not runtime.exists() or runtime.get_instance().is_active_session(owner)
+
+
+@st.cache_resource
+def job_manager() -> Any:
+    """The one JobManager of this server, shared by all sessions on purpose: it holds the training-slot cap."""
+    from deconv.jobs import JobManager, max_jobs_from_env
+
+    runs.sweep_leftovers(runs_dir())  # saves and imports a crash left half-done
+    manager = JobManager(runs_dir() / ".jobs", max_jobs=max_jobs_from_env(), is_alive=_session_alive)
+    atexit.register(manager.shutdown)
+    return manager
+
+
+def runs_dir() -> Path:
+    """Where runs are saved."""
+    return runs.default_runs_dir()
+
+
+def keep_alive() -> None:
+    """Tell the job manager this session of its browser is open (its training lives while one is)."""
+    job_manager().touch(state.owner(), session_id())
+
+
+def start_training() -> None:
+    """Queue a training job for this browser with the session's settings (one job at a time)."""
+    model_config = st.session_state[state.MODEL]
+    st.session_state.pop(state.SAVE_PROBLEM, None)
+    if problem := runs.room_problem(runs_dir(), runs.run_bytes(model_config)):
+        st.session_state[state.SAVE_PROBLEM] = f"Not started: {problem}"
+        return
+    try:
+        run_dir = runs.new_run_dir(runs_dir(), model_config)
+    except runs.RunError as e:  # train anyway: the result is shown even if the model cannot be kept
+        st.session_state[state.SAVE_PROBLEM] = f"{e}. The network trains and its result is shown, but it cannot be saved"
+        run_dir = Path(runs_dir()) / runs.run_name(model_config)
+    from deconv.jobs import JobRefused
+
+    try:
+        job_manager().submit(state.owner(), model_config, st.session_state[state.TRAIN], run_dir)
+    except JobRefused as e:  # too big, too long, or too many waiting: the page says which
+        st.session_state[state.SAVE_PROBLEM] = f"Not started: {str(e).rstrip('.')}"
+
+
+def adopt_finished_run() -> None:
+    """A run this session just finished training becomes the active model (once per job)."""
+    job = job_manager().latest_job(state.owner())
+    if job and not job.active and st.session_state.get("adopted_job") != job.id:
+        st.session_state["adopted_job"] = job.id
+        if (job.run_dir / "model.keras").exists():
+            state.set_active_run(job.run_dir)
+
+
+@st.cache_resource(max_entries=2, ttl=MODEL_TTL_SECONDS, show_spinner="Loading the model...")
+def load_model(path: str, mtime: float) -> Any:
+    """A run's Keras model, cached per file version."""
+    return runs.load_model(path)
+
+
+def model_for(run: runs.RunInfo) -> Any:
+    """The cached model of a run."""
+    return load_model(str(run.path), run.version)

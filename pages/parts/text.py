@@ -1,0 +1,34 @@
+"""How the pages word things: escaped visitor text, counts, durations, a network in one line."""
+
+from __future__ import annotations
+
+import re
+
+from deconv.config import ModelConfig
+from deconv.cost import describe
+from deconv.jobs import fmt_duration
+
+MARKDOWN = re.compile(r"([\\`*_{}\[\]()#!|$~<>:])")  # what starts emphasis, a link (http: too), an image, code
+
+
+def plain(text: str) -> str:
+    """Text that came from a file or a visitor, escaped so that Streamlit's markdown shows it as written."""
+    return MARKDOWN.sub(r"\\\1", text)
+
+
+def fmt_count(n: float) -> str:
+    """1234567 -> 1.23 M."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f}"
+
+
+fmt_seconds = fmt_duration  # seconds as s, min or h, as the job manager words its refusals
+
+
+def architecture_summary(config: ModelConfig) -> str:
+    """One line: widths, head, parameters, FLOPs."""
+    cost = describe(config)
+    return (f"blocks {'-'.join(map(str, config.widths))}, {config.head} head: {cost.params:,} parameters, "
+            f"{fmt_count(cost.flops)}FLOPs per image")
