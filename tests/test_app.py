@@ -14,11 +14,10 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from deconv import runs
+from deconv import runs, samples
 from deconv.config import ModelConfig
 from deconv.cost import describe
-from tests import images
-from tests.conftest import write_cifar
+from deconv.samples import write_cifar
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 DEFAULT_PARAMS = describe(ModelConfig()).params
@@ -225,7 +224,7 @@ def test_stop_ends_training_early_and_keeps_the_model(app_env: Path) -> None:
 
 def test_classify_uploads_a_good_and_a_bad_file(app_env: Path, a_run: Path) -> None:
     at = page("pages/classify.py")
-    at.file_uploader[0].set_value([("photo.png", images.good()["photo.png"], "image/png"),
+    at.file_uploader[0].set_value([("photo.png", samples.good()["photo.png"], "image/png"),
                                    ("notes.png", b"just some text", "image/png")]).run()
     assert not at.exception
     assert "notes.png" in at.error[0].value and "not an image" in at.error[0].value
@@ -237,7 +236,7 @@ def test_classify_uploads_a_good_and_a_bad_file(app_env: Path, a_run: Path) -> N
 def test_every_file_of_the_bad_input_corpus_gets_a_message_or_a_prediction(app_env: Path, a_run: Path) -> None:
     import resource
 
-    good, bad = images.good(), images.bad()
+    good, bad = samples.good(), samples.bad()
     at = page("pages/classify.py")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     at.file_uploader[0].set_value([(name, content, "image/png") for name, content in {**bad, **good}.items()]).run()

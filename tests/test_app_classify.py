@@ -13,11 +13,10 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from deconv import runs
+from deconv import runs, samples
 from deconv.config import ModelConfig, TrainConfig
 from deconv.model import build_model
-from tests import images
-from tests.conftest import LABELS, synthetic_images
+from deconv.samples import LABELS, synthetic_images
 from tests.test_app import app_env, page  # noqa: F401  (app_env is a fixture)
 
 CONFIG = ModelConfig(widths=(8, 16), deconv_stride=2)  # each deconv doubles its map: 16 -> 32 -> 16 -> 32
@@ -57,7 +56,7 @@ def expected_blocks() -> list[tuple[str, str]]:
 
 def test_look_inside_an_upload_shows_every_block_and_the_class_evidence(saved_run: Path) -> None:
     at = page("pages/classify.py")
-    at.file_uploader[0].set_value([("photo.png", images.good()["photo.png"], "image/png")]).run()
+    at.file_uploader[0].set_value([("photo.png", samples.good()["photo.png"], "image/png")]).run()
     key = "upload-0-photo.png"
     assert not charts(at, f"maps-{key}")  # nothing computed until asked
     at.toggle(key=f"inside-{key}").set_value(True).run()
@@ -86,7 +85,7 @@ def test_evidence_for_another_class_of_a_cifar_image(saved_run: Path) -> None:
     assert len(charts(at, f"maps-{key}-")) == len(expected_blocks())
 
 
-PHOTO = ("photo.png", images.good()["photo.png"], "image/png")
+PHOTO = ("photo.png", samples.good()["photo.png"], "image/png")
 
 
 def upload_charts(at: AppTest) -> list[str]:
@@ -96,7 +95,7 @@ def upload_charts(at: AppTest) -> list[str]:
 
 def colour_png(i: int) -> tuple[str, bytes, str]:
     """An upload of its own colour, so that no two are the same file."""
-    content = images.encode(Image.new("RGB", (40, 30), (i * 10, 255 - i * 10, 128)), "PNG")
+    content = samples.encode(Image.new("RGB", (40, 30), (i * 10, 255 - i * 10, 128)), "PNG")
     return f"colour{i:02d}.png", content, "image/png"
 
 
@@ -176,7 +175,7 @@ def test_the_files_of_an_upload_leave_streamlits_store_once_read(saved_run: Path
 def test_a_tiff_named_png_is_refused_with_the_formats_the_page_takes(saved_run: Path) -> None:
     at = page("pages/classify.py")  # the uploader refuses a .tiff name itself; a stranger can rename the file
     assert "PNG, JPEG, GIF, BMP, WebP" in at.file_uploader[0].label
-    at.file_uploader[0].set_value([("scan.png", images.other_formats()["photo.tiff"], "image/png"), PHOTO]).run()
+    at.file_uploader[0].set_value([("scan.png", samples.other_formats()["photo.tiff"], "image/png"), PHOTO]).run()
     assert not at.exception and upload_charts(at) == ["top-upload-0-photo.png"]
     assert [e.value for e in at.error] == ["**scan.png** cannot be classified: it is in TIFF format, not one of the "
                                            "formats taken here: PNG, JPEG, GIF, BMP, WebP."]

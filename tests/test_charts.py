@@ -7,7 +7,7 @@ import pytest
 import streamlit  # noqa: F401  Streamlit makes its own plotly template the default, as it does in the app
 
 from deconv import charts
-from tests.conftest import LABELS
+from deconv.samples import LABELS
 
 
 def matrix(per_class: int, right: float = 0.65, seed: int = 0) -> np.ndarray:
@@ -113,8 +113,8 @@ def app_env(tmp_path, monkeypatch: pytest.MonkeyPatch):
     """Synthetic data and an empty runs folder for the app, its caches cleared before and after."""
     import streamlit as st
 
+    from deconv.samples import write_cifar
     from pages import common
-    from tests.conftest import write_cifar
 
     monkeypatch.setenv("DECONV_DATA_DIR", str(write_cifar(tmp_path / "data")))
     monkeypatch.setenv("DECONV_RUNS_DIR", str(tmp_path / "runs"))

@@ -105,8 +105,8 @@ def test_the_architecture_page_explains_the_chosen_layer_type(tmp_path: Path, mo
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
+    from deconv.samples import write_cifar
     from pages import common
-    from tests.conftest import write_cifar
 
     monkeypatch.setenv("DECONV_DATA_DIR", str(write_cifar(tmp_path / "data")))
     monkeypatch.setenv("DECONV_RUNS_DIR", str(tmp_path / "runs"))

@@ -15,53 +15,52 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from deconv import inference
-from tests import images
+from deconv import inference, samples
 
 ROOT = Path(__file__).resolve().parent.parent
 TAKEN = "PNG, JPEG, GIF, BMP, WebP"
 
 
-@pytest.mark.parametrize("name", list(images.good()))
+@pytest.mark.parametrize("name", list(samples.good()))
 def test_awkward_valid_images_become_32x32_rgb(name: str) -> None:
-    x = inference.prepare(images.good()[name])
+    x = inference.prepare(samples.good()[name])
     assert x.shape == (32, 32, 3) and x.dtype == np.uint8
 
 
-@pytest.mark.parametrize("name", list(images.good()))
+@pytest.mark.parametrize("name", list(samples.good()))
 def test_previews_fit_150_pixels_and_keep_at_least_one(name: str) -> None:
-    img = inference.open_image(images.good()[name])
+    img = inference.open_image(samples.good()[name])
     small = inference.preview(img)
     assert 1 <= small.width <= 150 and 1 <= small.height <= 150
     assert max(small.size) == min(150, max(img.size))  # as large as fits, never enlarged
 
 
-@pytest.mark.parametrize("name", list(images.bad()))
+@pytest.mark.parametrize("name", list(samples.bad()))
 def test_bad_files_get_a_clear_error(name: str) -> None:
     with pytest.raises(inference.ImageError) as err:
-        inference.prepare(images.bad()[name])
+        inference.prepare(samples.bad()[name])
     assert "Traceback" not in str(err.value) and len(str(err.value)) > 10
 
 
 def test_error_messages_say_what_is_wrong() -> None:
-    bad = images.bad()
+    bad = samples.bad()
     for name, words in [("empty.png", "empty"), ("text.jpg", "not an image"), ("truncated.png", "truncated"),
                         ("bomb.png", "million-pixel limit")]:
         with pytest.raises(inference.ImageError, match=words):
             inference.prepare(bad[name])
 
 
-@pytest.mark.parametrize("name", list(images.other_formats()))
+@pytest.mark.parametrize("name", list(samples.other_formats()))
 def test_other_formats_are_refused_by_name_with_the_formats_taken(name: str) -> None:
     with pytest.raises(inference.ImageError) as err:
-        inference.prepare(images.other_formats()[name])
+        inference.prepare(samples.other_formats()[name])
     named = {".tiff": "TIFF", ".tif": "TIFF", ".ico": "ICO", ".ppm": "PPM", ".psd": "PSD"}[Path(name).suffix]
     assert str(err.value) == f"it is in {named} format, not one of the formats taken here: {TAKEN}"
 
 
 def test_a_file_on_disk_gets_the_same_formats_as_an_upload(tmp_path: Path) -> None:  # the CLI reads paths
-    (tmp_path / "photo.tiff").write_bytes(images.other_formats()["photo.tiff"])
-    (tmp_path / "photo.png").write_bytes(images.good()["photo.png"])
+    (tmp_path / "photo.tiff").write_bytes(samples.other_formats()["photo.tiff"])
+    (tmp_path / "photo.png").write_bytes(samples.good()["photo.png"])
     with pytest.raises(inference.ImageError, match="TIFF format, not one of the formats taken here"):
         inference.prepare(tmp_path / "photo.tiff")
     assert inference.prepare(str(tmp_path / "photo.png")).shape == (32, 32, 3)
@@ -75,13 +74,13 @@ def test_the_uploaders_file_types_are_the_formats_taken() -> None:
 
 
 def test_a_phones_multi_picture_jpeg_is_read_as_a_jpeg() -> None:
-    x = inference.prepare(images.multi_picture_jpeg())
+    x = inference.prepare(samples.multi_picture_jpeg())
     assert x[16, 16, 0] > 200 and x[16, 16, 2] < 50  # the first picture, red
 
 
 def test_a_webp_larger_than_its_own_limit_is_refused_before_decoding() -> None:
     with pytest.raises(inference.ImageError, match="4100x4000 pixels, more than the 16-million-pixel limit of a WebP"):
-        inference.prepare(images.webp_declaring(4100, 4000))
+        inference.prepare(samples.webp_declaring(4100, 4000))
     assert inference.MAX_WEBP_PIXELS < 4100 * 4000 < inference.MAX_PIXELS
 
 
@@ -91,8 +90,8 @@ def test_a_large_picture_is_shrunk_to_what_the_preview_and_the_view_need() -> No
     for w, h in [(8000, 5000), (5000, 8000), (3000, 500), (40000, 1000), (700, 700)]:
         f = inference.reduction(w, h)
         assert min(w, h) // f >= 128 and max(w, h) // f >= 600  # 4x the 32x32 view and the 150-pixel preview
-    big = images.gradient(3000, 2000)
-    img = inference.open_image(images.encode(big, "PNG"))
+    big = samples.gradient(3000, 2000)
+    img = inference.open_image(samples.encode(big, "PNG"))
     assert img.size == (600, 400)
     full = np.asarray(inference.model_view(big), int)  # what the view was when made from the whole picture
     assert np.abs(np.asarray(inference.model_view(img), int) - full).max() <= 2
@@ -119,8 +118,8 @@ print(json.dumps({"grown_mb": peak_mb() - before, "seconds": time.perf_counter()
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak memory from Linux's /proc")
 def test_a_huge_sixteen_bit_png_costs_little_memory(tmp_path: Path) -> None:
-    (tmp_path / "big.png").write_bytes(images.sixteen_bit_png(8000, 5000))  # 89 kB; 80 MB decoded
-    (tmp_path / "small.png").write_bytes(images.good()["photo.png"])
+    (tmp_path / "big.png").write_bytes(samples.sixteen_bit_png(8000, 5000))  # 89 kB; 80 MB decoded
+    (tmp_path / "small.png").write_bytes(samples.good()["photo.png"])
     done = subprocess.run([sys.executable, "-c", MEASURE, str(tmp_path / "big.png"), str(tmp_path / "small.png")],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -133,23 +132,23 @@ def test_a_huge_sixteen_bit_png_costs_little_memory(tmp_path: Path) -> None:
 
 
 def test_exif_orientation_is_applied() -> None:
-    x = inference.prepare(images.exif_rotated_jpeg()).astype(int)
+    x = inference.prepare(samples.exif_rotated_jpeg()).astype(int)
     top, bottom = x[:8].mean((0, 1)), x[-8:].mean((0, 1))
     assert top[0] > 200 and top[2] < 60  # red on top: the model sees the picture upright
     assert bottom[2] > 200 and bottom[0] < 60
 
 
 def test_transparency_is_white_and_animation_uses_the_first_frame() -> None:
-    rgba = inference.prepare(images.good()["rgba.png"])
+    rgba = inference.prepare(samples.good()["rgba.png"])
     assert (rgba[0, 0] == 255).all() and rgba[16, 16].tolist() == [255, 0, 0]
-    pal = inference.prepare(images.good()["palette.png"])
+    pal = inference.prepare(samples.good()["palette.png"])
     assert (pal[0, 0] == 255).all() and pal[16, 16][0] > 200 and pal[16, 16][1] < 50
-    gif = inference.prepare(images.animated_gif())
+    gif = inference.prepare(samples.animated_gif())
     assert gif[16, 16, 1] > 150 and gif[16, 16, 0] < 50  # green, not magenta
 
 
 def test_sixteen_bit_grey_keeps_its_range() -> None:
-    x = inference.prepare(images.good()["grey16.png"]).astype(int)
+    x = inference.prepare(samples.good()["grey16.png"]).astype(int)
     assert x.min() < 40 and x.max() > 200 and (x[..., 0] == x[..., 1]).all()
 
 
@@ -183,7 +182,7 @@ def test_random_valid_images_classify_or_raise_image_error(w: int, h: int, mode:
     arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
     img = Image.fromarray(arr, "RGB").convert(mode) if mode != "I;16" else Image.fromarray(arr[..., 0].astype(np.uint16) * 200)
     try:
-        blob = images.encode(img, fmt)
+        blob = samples.encode(img, fmt)
     except (OSError, ValueError, KeyError):
         return  # this format cannot store this mode
     try:
@@ -224,12 +223,12 @@ def test_a_truncated_prediction_is_judged_by_what_it_holds() -> None:
 
 
 def png(colour: tuple[int, int, int]) -> bytes:
-    return images.encode(Image.new("RGB", (40, 30), colour), "PNG")
+    return samples.encode(Image.new("RGB", (40, 30), colour), "PNG")
 
 
 def test_pictures_keep_a_preview_and_the_view_not_the_file() -> None:
     pictures = inference.Pictures()
-    picture = pictures.add("photo.png", images.good()["photo.png"])
+    picture = pictures.add("photo.png", samples.good()["photo.png"])
     assert list(pictures) == [picture] and picture.number == 0 and picture.name == "photo.png"
     assert picture.view.shape == (32, 32, 3) and picture.view.dtype == np.uint8
     assert picture.preview.dtype == np.uint8 and max(picture.preview.shape[:2]) <= 150
@@ -300,7 +299,7 @@ def test_an_upload_reads_twenty_files_and_counts_the_ones_left_out(monkeypatch: 
 
 def test_no_decoded_picture_or_file_outlives_an_upload() -> None:
     pictures = inference.Pictures()
-    pictures.upload([("big.png", images.encode(images.gradient(2400, 1800), "PNG")), ("bad.png", b"x" * 100)])
+    pictures.upload([("big.png", samples.encode(samples.gradient(2400, 1800), "PNG")), ("bad.png", b"x" * 100)])
     gc.collect()
     assert not [o for o in gc.get_objects() if isinstance(o, Image.Image) and o.width >= 600]
     kept = [v for p in pictures for v in vars(p).values()] + [v for v in vars(pictures).values()]
@@ -310,7 +309,7 @@ def test_no_decoded_picture_or_file_outlives_an_upload() -> None:
 
 def test_an_upload_keeps_the_good_files_and_says_why_the_others_failed() -> None:
     pictures = inference.Pictures()
-    pictures.upload([("photo.png", images.good()["photo.png"]), ("notes.png", b"just some text")])
+    pictures.upload([("photo.png", samples.good()["photo.png"]), ("notes.png", b"just some text")])
     assert [p.name for p in pictures] == ["photo.png"]
     assert [name for name, _ in pictures.problems] == ["notes.png"] and "not an image" in pictures.problems[0][1]
     pictures.upload([("red.png", png((255, 0, 0)))])
