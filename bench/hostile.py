@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.load import ANSI, EXCEPTION_LINE, FLAGS, MemorySampler  # noqa: E402
-from tests import images  # noqa: E402
+from deconv import samples  # noqa: E402
 
 RESULTS = ROOT / "bench" / "hostile_results.json"
 DATA = ROOT.parent / "shared" / "cifar10-subset"  # unless DECONV_DATA_DIR is set
@@ -351,11 +351,11 @@ def pictures() -> list[tuple[str, list[tuple[str, bytes]]]]:
     ramp = b"\0" + b"".join(struct.pack(">H", x * 65535 // 7999) for x in range(8000))  # filter None: a ramp
     big = png(8000, 5000, 16, 5000, ramp, b"\2" + b"\0" * 16000)  # filter Up: every row as the one above
     bomb = png(60000, 60000, 8, 16, b"\0" * 60001, b"\0" * 60001)
-    many = [(f"many-{i:02d}.png", images.encode(images.gradient(64 + i, 48), "PNG")) for i in range(30)]
+    many = [(f"many-{i:02d}.png", samples.encode(samples.gradient(64 + i, 48), "PNG")) for i in range(30)]
     return [("16-bit 8000x5000 PNG", [("big-16bit.png", big)]),
             ("PNG declaring 60000x60000", [("bomb.png", bomb)]),
             ("30 small files at once", many),
-            ("TIFF named .png", [("tiff.png", images.encode(images.gradient(), "TIFF"))]),
+            ("TIFF named .png", [("tiff.png", samples.encode(samples.gradient(), "TIFF"))]),
             ("text named .jpg", [("notes.jpg", b"not a picture, just some words\n" * 20)])]
 
 
@@ -494,7 +494,7 @@ def fresh_visitor(browser: Any, url: str, runs: Path) -> dict[str, Any]:
         if not seen["classify_page_ok"]:
             return seen
         page.locator('input[type="file"]').set_input_files(
-            {"name": "ordinary.png", "mimeType": "image/png", "buffer": images.encode(images.gradient(), "PNG")})
+            {"name": "ordinary.png", "mimeType": "image/png", "buffer": samples.encode(samples.gradient(), "PNG")})
         mine.get_by_text("All ten classes").or_(page.get_by_test_id("stException")).or_(
             mine.get_by_test_id("stAlertContentError")).first.wait_for(timeout=STEP_TIMEOUT_MS)
         settle(page)

@@ -37,8 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import images  # noqa: E402
-from tests.conftest import write_cifar  # noqa: E402
+from deconv import samples  # noqa: E402
+from deconv.samples import write_cifar  # noqa: E402
 
 RESULTS = ROOT / "bench" / "load_results.json"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -243,10 +243,10 @@ class Client:
 
 def pictures() -> list[tuple[str, bytes]]:
     """Small and large PNG, JPEG and WebP pictures as (extension, bytes)."""
-    return [("png", images.encode(images.gradient(64, 48), "PNG")),
-            ("jpg", images.encode(images.gradient(640, 480), "JPEG")),
-            ("webp", images.encode(images.gradient(320, 240), "WEBP")),
-            ("jpg", images.encode(images.gradient(1600, 1200), "JPEG", quality=90))]
+    return [("png", samples.encode(samples.gradient(64, 48), "PNG")),
+            ("jpg", samples.encode(samples.gradient(640, 480), "JPEG")),
+            ("webp", samples.encode(samples.gradient(320, 240), "WEBP")),
+            ("jpg", samples.encode(samples.gradient(1600, 1200), "JPEG", quality=90))]
 
 
 async def classify_client(client: Client, url: str, seconds: float, ready: asyncio.Barrier,

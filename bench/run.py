@@ -1,7 +1,8 @@
 """Benchmarks: measure and print, never assert. `python bench/run.py [--repeats N] [--quick]`.
 
 Writes bench/results.json. Every figure is a median over repeats, each measured in a fresh child
-process (one process tree, run side by side) so that no run inherits another's warm caches.
+process (one process tree, run side by side) so that no run inherits another's warm caches; the
+measurements those children make are the functions in bench/measure.py.
 Needs DECONV_DATA_DIR (or a Keras-cached CIFAR-10) for the accuracy figures.
 """
 
@@ -26,10 +27,11 @@ PY = sys.executable
 from deconv.config import TrainConfig  # noqa: E402  (after the path is set)
 
 
-def child(code: str, timeout: float = 900) -> dict:
-    """Run a Python snippet in a fresh process; it prints one JSON line last."""
+def child(name: str, timeout: float = 900, **kwargs: object) -> dict:
+    """Run the measurement bench.measure.<name>(**kwargs) in a fresh process and return its figures."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([PY, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run([PY, "-m", "bench.measure", name, json.dumps(kwargs)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -38,73 +40,6 @@ def child(code: str, timeout: float = 900) -> dict:
 def median(values: list[float]) -> float:
     """The median, rounded for printing."""
     return round(statistics.median(values), 3)
-
-
-THROUGHPUT = """
-import json, time, numpy as np, keras
-from deconv.config import preset, TrainConfig
-from deconv.model import build_model
-from deconv.train import batches, compile_model
-from deconv.cost import describe
-cfg = preset({preset!r}); tc = TrainConfig(batch_size={batch}, epochs=1)
-n = {batch} * {steps}
-x = np.random.default_rng(0).integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
-y = np.random.default_rng(1).integers(0, 10, n).astype(np.uint8)
-model = compile_model(build_model(cfg), tc, {steps})
-ds = batches(x, y, {batch}, shuffle=True, augment=tc.augment)
-model.fit(ds.take({warm}), verbose=0)  # compile and warm up
-t = time.perf_counter(); model.fit(ds, verbose=0); s = time.perf_counter() - t
-print(json.dumps({{"images_per_second": n / s, "train_gflops": n * 3 * describe(cfg).flops / s / 1e9}}))
-"""
-
-MATMUL = """
-import json, time, tensorflow as tf
-a = tf.random.normal((2048, 2048)); b = tf.random.normal((2048, 2048)); (a @ b).numpy()
-best = 0
-for _ in range(5):
-    t = time.perf_counter(); (a @ b).numpy(); best = max(best, 2 * 2048**3 / (time.perf_counter() - t) / 1e9)
-print(json.dumps({"gflops": best}))
-"""
-
-LATENCY = """
-import json, time, numpy as np
-from deconv.config import preset
-from deconv.model import build_model
-from deconv.train import predict
-model = build_model(preset("default"))
-one = np.random.default_rng(0).integers(0, 255, (1, 32, 32, 3), dtype=np.uint8)
-many = np.random.default_rng(0).integers(0, 255, (64, 32, 32, 3), dtype=np.uint8)
-for _ in range(5): predict(model, one); predict(model, many)
-ones, batch = [], []
-for _ in range(100):
-    t = time.perf_counter(); predict(model, one); ones.append(time.perf_counter() - t)
-for _ in range(20):
-    t = time.perf_counter(); predict(model, many); batch.append(time.perf_counter() - t)
-ones.sort(); batch.sort()
-print(json.dumps({"p50_ms": ones[50] * 1e3, "p95_ms": ones[95] * 1e3, "batch64_ms": batch[10] * 1e3}))
-"""
-
-PEAK_RSS = """
-import json, resource, numpy as np
-from deconv.config import ModelConfig, TrainConfig
-from deconv.data import Dataset, DataSource
-from deconv.train import train
-from pathlib import Path
-n = 50_000
-rng = np.random.default_rng(0)
-ds = Dataset(rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n).astype(np.uint8),
-             rng.integers(0, 255, (2000, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 2000).astype(np.uint8),
-             [str(i) for i in range(10)], DataSource(Path("."), "synthetic"))
-import threading
-stop = threading.Event()
-seen = []
-def sink(e):
-    seen.append(e)
-    if e["event"] == "batch" and e["batch"] >= 60: stop.set()
-train(ModelConfig(), TrainConfig(train_size=n, epochs=1), ds, sink, stop)
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "dataset_mb": (ds.x_train.nbytes + ds.x_val.nbytes) / 2**20}))
-"""
 
 
 def time_to_accuracy(repeats: int) -> dict:
@@ -141,10 +76,11 @@ def app_path_ratio(repeats: int) -> dict:
                 while job.active:
                     time.sleep(0.05)
                 app.append(time.perf_counter() - t)
-                from deconv.jobs import config_argv
+                flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**model_config.to_query(),
+                                                                      **train_config.to_query()}.items()]
                 t = time.perf_counter()
-                subprocess.run([PY, "-m", "deconv", "train", *config_argv(model_config, train_config),
-                                "--out", f"{tmp}/cli{i}"], cwd=ROOT, capture_output=True, check=True)
+                subprocess.run([PY, "-m", "deconv", "train", *flags, "--out", f"{tmp}/cli{i}"], cwd=ROOT,
+                               capture_output=True, check=True)
                 cli.append(time.perf_counter() - t)
         finally:
             manager.shutdown()
@@ -212,10 +148,11 @@ def main() -> None:
         results[name] = fn()
         print(f"{name:20s} {json.dumps(results[name])[:200]}  ({time.perf_counter() - t:.0f} s)", flush=True)
 
-    run("matmul", lambda: {"gflops": median([child(MATMUL)["gflops"] for _ in range(r)])})
+    run("matmul", lambda: {"gflops": median([child("matmul")["gflops"] for _ in range(r)])})
     batch = TrainConfig().batch_size  # the default's
-    default = [child(THROUGHPUT.format(preset="default", batch=batch, steps=5120 // batch, warm=3)) for _ in range(r)]
-    article = [child(THROUGHPUT.format(preset="article", batch=8, steps=2, warm=1), timeout=1800) for _ in range(r)]
+    default = [child("throughput", preset_name="default", batch=batch, steps=5120 // batch, warm=3)
+               for _ in range(r)]
+    article = [child("throughput", timeout=1800, preset_name="article", batch=8, steps=2, warm=1) for _ in range(r)]
     run("throughput", lambda: {
         "default_images_per_second": median([d["images_per_second"] for d in default]),
         "article_images_per_second": median([a["images_per_second"] for a in article]),
@@ -223,9 +160,9 @@ def main() -> None:
         "default_train_gflops": median([d["train_gflops"] for d in default]),
         "article_train_gflops": median([a["train_gflops"] for a in article])})
     results["utilisation"] = round(results["throughput"]["default_train_gflops"] / results["matmul"]["gflops"], 3)
-    run("classify_latency", lambda: {k: median([c[k] for c in [child(LATENCY) for _ in range(r)]])
+    run("classify_latency", lambda: {k: median([c[k] for c in [child("latency") for _ in range(r)]])
                                      for k in ("p50_ms", "p95_ms", "batch64_ms")})
-    run("peak_rss_50k", lambda: child(PEAK_RSS))
+    run("peak_rss_50k", lambda: child("peak_rss"))
     run("cold_start", lambda: cold_start(r))
     if not args.quick:
         run("time_to_accuracy", lambda: time_to_accuracy(r))

@@ -1,45 +1,22 @@
-"""Shared fixtures: tiny CIFAR-10 folders in the official python format, and the real subset when present."""
+"""Shared fixtures: tiny CIFAR-10 folders in the official python format, the real subset when present, and the
+Streamlit app opened on synthetic data (the sample data itself is in deconv.samples)."""
 
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
 
-import numpy as np
 import pytest
+
+from deconv.samples import write_cifar
+
+if TYPE_CHECKING:
+    from streamlit.testing.v1 import AppTest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def synthetic_images(labels: np.ndarray, seed: int) -> np.ndarray:
-    """uint8 (N, 3072) rows in CIFAR's channel-first layout; each class has its own colour, so it can be learnt."""
-    rng = np.random.default_rng(seed)
-    colours = np.stack([np.linspace(20, 235, 10)[np.roll(np.arange(10), k)] for k in (0, 3, 7)], axis=1)
-    img = colours[labels][:, :, None, None] + rng.normal(0, 25, (len(labels), 3, 32, 32))
-    return np.clip(img, 0, 255).astype(np.uint8).reshape(len(labels), -1)
-
-
-def write_batch(path: Path, labels: np.ndarray, seed: int) -> None:
-    """One batch file as the official dataset writes it (bytes keys, numpy data)."""
-    d = {b"batch_label": b"synthetic", b"labels": [int(v) for v in labels],
-         b"data": synthetic_images(labels, seed), b"filenames": [b"img_%d.png" % i for i in range(len(labels))]}
-    path.write_bytes(pickle.dumps(d, protocol=4))
-
-
-def write_cifar(root: Path, train_per_class: int = 30, test_per_class: int = 10, train: bool = True) -> Path:
-    """A cifar-10-batches-py folder under root with shuffled synthetic images; returns the folder."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    if train:
-        write_batch(folder / "data_batch_1", rng.permutation(np.repeat(np.arange(10), train_per_class)), 1)
-    write_batch(folder / "test_batch", rng.permutation(np.repeat(np.arange(10), test_per_class)), 2)
-    meta = {b"num_cases_per_batch": 10000, b"label_names": [n.encode() for n in LABELS], b"num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=4))
-    return folder
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
 @pytest.fixture
@@ -57,3 +34,34 @@ def real_cifar_dir() -> Path:
     if not env:
         pytest.skip("DECONV_DATA_DIR is not set: point it at a CIFAR-10 cifar-10-batches-py folder to run this test")
     return Path(env)
+
+
+@pytest.fixture(scope="module")
+def app_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The app's server-wide state, fresh for each test module: synthetic data, an empty runs folder (yielded)."""
+    import streamlit as st
+
+    from pages.parts import server
+
+    tmp = tmp_path_factory.mktemp("app")
+    with pytest.MonkeyPatch.context() as env:  # monkeypatch itself lives for one test only
+        env.setenv("DECONV_DATA_DIR", str(write_cifar(tmp / "data", test_per_class=30)))
+        env.setenv("DECONV_RUNS_DIR", str(tmp / "runs"))
+        st.cache_resource.clear()
+        st.cache_data.clear()
+        yield tmp / "runs"
+        server.job_manager().shutdown()
+        st.cache_resource.clear()
+        st.cache_data.clear()
+
+
+@pytest.fixture
+def page(app_env: Path) -> Callable[[str], AppTest]:
+    """Opens the app in app_env's state and switches to a page: `page("pages/train.py")`."""
+    from streamlit.testing.v1 import AppTest
+
+    def open_page(name: str) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=120).run()
+        return at.switch_page(name).run()
+
+    return open_page

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from deconv import analysis
-from tests.conftest import LABELS
+from deconv.samples import LABELS
 
 
 def a_report() -> analysis.ValidationReport:

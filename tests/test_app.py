@@ -11,37 +11,15 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from deconv import runs
+from deconv import runs, samples
 from deconv.config import ModelConfig
 from deconv.cost import describe
-from tests import images
-from tests.conftest import write_cifar
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 DEFAULT_PARAMS = describe(ModelConfig()).params
 PAGES = ["pages/home.py", "pages/architecture.py", "pages/train.py", "pages/classify.py", "pages/runs.py"]
-
-
-@pytest.fixture(scope="module")
-def app_env(tmp_path_factory: pytest.TempPathFactory):
-    """A fresh server-wide state: synthetic data, an empty runs folder, a new job manager."""
-    from pages.parts import server
-
-    tmp = tmp_path_factory.mktemp("app")
-    saved = {k: os.environ.get(k) for k in ("DECONV_DATA_DIR", "DECONV_RUNS_DIR")}
-    os.environ["DECONV_DATA_DIR"] = str(write_cifar(tmp / "data", test_per_class=30))
-    os.environ["DECONV_RUNS_DIR"] = str(tmp / "runs")
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield tmp / "runs"
-    server.job_manager().shutdown()
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    for k, v in saved.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 @pytest.fixture
@@ -55,11 +33,6 @@ def a_run(app_env: Path) -> Path:
     config = ModelConfig(widths=(8,))
     return runs.save_run(app_env / "untrained", build_model(config), config, at_config(epochs=1), [],
                          runs.RunMeta(val_accuracy=0.1))
-
-
-def page(name: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    return at.switch_page(name).run()
 
 
 def wait_job(predicate, timeout: float = 120) -> None:
@@ -83,23 +56,23 @@ def metric(at: AppTest, label: str) -> str:
 
 
 @pytest.mark.parametrize("name", PAGES)
-def test_every_page_renders_without_an_exception(app_env: Path, name: str) -> None:
+def test_every_page_renders_without_an_exception(app_env: Path, name: str, page) -> None:
     at = page(name)
     assert not at.exception and at.title[0].value
 
 
-def test_home_shows_where_the_data_is(app_env: Path) -> None:
+def test_home_shows_where_the_data_is(app_env: Path, page) -> None:
     at = page("pages/home.py")
     assert "CIFAR-10 found" in at.success[0].value and "DECONV_DATA_DIR" in at.success[0].value
 
 
-def test_home_says_what_to_do_when_the_data_setting_is_wrong(app_env: Path, monkeypatch) -> None:
+def test_home_says_what_to_do_when_the_data_setting_is_wrong(app_env: Path, monkeypatch, page) -> None:
     monkeypatch.setenv("DECONV_DATA_DIR", "/nonexistent/cifar")
     at = page("pages/home.py")
     assert not at.exception and "does not hold CIFAR-10" in at.error[0].value
 
 
-def test_a_width_slider_changes_the_parameter_count(app_env: Path) -> None:
+def test_a_width_slider_changes_the_parameter_count(app_env: Path, page) -> None:
     at = page("pages/architecture.py")
     before = metric(at, "Parameters")
     at.slider(key="w.model_config.width0").set_value(64).run()
@@ -109,7 +82,7 @@ def test_a_width_slider_changes_the_parameter_count(app_env: Path) -> None:
     assert len(at.dataframe[0].value) == 1 + 6 + 3  # rescale, one block of 6 layers, pool, flatten, classifier
 
 
-def test_the_article_preset_updates_the_table_and_warns_of_its_cost(app_env: Path) -> None:
+def test_the_article_preset_updates_the_table_and_warns_of_its_cost(app_env: Path, page) -> None:
     at = page("pages/architecture.py")
     assert not at.warning
     button(at, "The article's network").click().run()
@@ -120,7 +93,7 @@ def test_the_article_preset_updates_the_table_and_warns_of_its_cost(app_env: Pat
     assert metric(at, "Parameters") == f"{DEFAULT_PARAMS:,}" and not at.warning
 
 
-def test_an_impossible_combination_is_refused_with_a_reason(app_env: Path) -> None:
+def test_an_impossible_combination_is_refused_with_a_reason(app_env: Path, page) -> None:
     at = page("pages/architecture.py")
     at.slider(key="w.model_config.conv_stride").set_value(1).run()
     at.slider(key="w.model_config.deconv_stride").set_value(2).run()
@@ -138,7 +111,7 @@ def small_training(at: AppTest, epochs: int) -> AppTest:
     return at
 
 
-def test_training_completes_with_curves_a_confusion_matrix_and_a_saved_run(app_env: Path, monkeypatch) -> None:
+def test_training_completes_with_curves_a_confusion_matrix_and_a_saved_run(app_env: Path, monkeypatch, page) -> None:
     at = small_training(page("pages/train.py"), epochs=2)
     button(at, "Train").click().run()
     assert button(at, "Train").disabled and button(at, "Stop")
@@ -166,7 +139,7 @@ def test_training_completes_with_curves_a_confusion_matrix_and_a_saved_run(app_e
     assert "**Your previous run**" in at.info[0].value and "epochs 2 (now 3)" in at.info[0].value
 
 
-def test_a_training_that_does_not_fit_in_memory_is_refused_before_it_starts(app_env: Path, monkeypatch) -> None:
+def test_a_training_that_does_not_fit_in_memory_is_refused_before_it_starts(app_env: Path, monkeypatch, page) -> None:
     from deconv import jobs
 
     monkeypatch.setattr(jobs, "available_memory_bytes", lambda: 2**29)  # 512 MiB free
@@ -178,7 +151,7 @@ def test_a_training_that_does_not_fit_in_memory_is_refused_before_it_starts(app_
     assert not at.error and not button(at, "Train").disabled
 
 
-def test_the_page_says_how_many_images_an_epoch_really_uses(app_env: Path) -> None:
+def test_the_page_says_how_many_images_an_epoch_really_uses(app_env: Path, page) -> None:
     at = small_training(page("pages/train.py"), epochs=1)  # 300 images in batches of 24: 288 used, close enough
     assert not any("Each epoch uses" in c.value for c in at.caption)
     at.slider(key="w.train_config.batch_size").set_value(256).run()  # one whole batch
@@ -188,7 +161,7 @@ def test_the_page_says_how_many_images_an_epoch_really_uses(app_env: Path) -> No
     assert not any("Each epoch uses" in c.value for c in at.caption)
 
 
-def test_a_runs_folder_that_cannot_be_written_still_shows_the_training_result(app_env: Path, monkeypatch) -> None:
+def test_a_runs_folder_that_cannot_be_written_still_shows_the_training_result(app_env: Path, monkeypatch, page) -> None:
     blocked = app_env.parent / "runs-is-a-file"
     blocked.write_text("not a folder")
     monkeypatch.setenv("DECONV_RUNS_DIR", str(blocked))
@@ -206,7 +179,7 @@ def test_a_runs_folder_that_cannot_be_written_still_shows_the_training_result(ap
         assert not page(name).exception
 
 
-def test_stop_ends_training_early_and_keeps_the_model(app_env: Path) -> None:
+def test_stop_ends_training_early_and_keeps_the_model(app_env: Path, page) -> None:
     at = small_training(page("pages/train.py"), epochs=200)
     button(at, "Train").click().run()
     wait_job(lambda job: job.latest("batch") is not None)
@@ -223,9 +196,9 @@ def test_stop_ends_training_early_and_keeps_the_model(app_env: Path) -> None:
     assert metric(at, "Validation accuracy") == f"{info.val_accuracy:.1%}"
 
 
-def test_classify_uploads_a_good_and_a_bad_file(app_env: Path, a_run: Path) -> None:
+def test_classify_uploads_a_good_and_a_bad_file(app_env: Path, a_run: Path, page) -> None:
     at = page("pages/classify.py")
-    at.file_uploader[0].set_value([("photo.png", images.good()["photo.png"], "image/png"),
+    at.file_uploader[0].set_value([("photo.png", samples.good()["photo.png"], "image/png"),
                                    ("notes.png", b"just some text", "image/png")]).run()
     assert not at.exception
     assert "notes.png" in at.error[0].value and "not an image" in at.error[0].value
@@ -234,10 +207,10 @@ def test_classify_uploads_a_good_and_a_bad_file(app_env: Path, a_run: Path) -> N
     assert [c.key for c in at.get("plotly_chart") if not c.key.startswith("top-test")] == ["top-upload-0-photo.png"]
 
 
-def test_every_file_of_the_bad_input_corpus_gets_a_message_or_a_prediction(app_env: Path, a_run: Path) -> None:
+def test_every_file_of_the_bad_input_corpus_gets_a_message_or_a_prediction(app_env: Path, a_run: Path, page) -> None:
     import resource
 
-    good, bad = images.good(), images.bad()
+    good, bad = samples.good(), samples.bad()
     at = page("pages/classify.py")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     at.file_uploader[0].set_value([(name, content, "image/png") for name, content in {**bad, **good}.items()]).run()
@@ -254,14 +227,14 @@ def test_every_file_of_the_bad_input_corpus_gets_a_message_or_a_prediction(app_e
     assert not again.exception and again.file_uploader
 
 
-def test_classify_cifar_test_images_with_their_true_labels(app_env: Path, a_run: Path) -> None:
+def test_classify_cifar_test_images_with_their_true_labels(app_env: Path, a_run: Path, page) -> None:
     at = page("pages/classify.py")
     charts = [c for c in at.get("plotly_chart") if c.key.startswith("top-test-")]
     assert len(charts) == 8  # eight random test images, each with its top-5 chart
     assert sum("true:" in m.value or "✓" in m.value for m in at.markdown) == 8
 
 
-def test_runs_page_lists_runs_and_reports_a_broken_one(app_env: Path, a_run: Path) -> None:
+def test_runs_page_lists_runs_and_reports_a_broken_one(app_env: Path, a_run: Path, page) -> None:
     (app_env / "broken-run").mkdir(parents=True, exist_ok=True)
     (app_env / "broken-run" / "config.json").write_text("{}")  # a run whose model.keras is gone
     at = page("pages/runs.py")
@@ -270,7 +243,7 @@ def test_runs_page_lists_runs_and_reports_a_broken_one(app_env: Path, a_run: Pat
     assert len(at.dataframe[0].value) == len(runs.list_runs(app_env)[0]) >= 1
 
 
-def test_a_session_waiting_for_the_slot_sees_its_place_and_can_cancel(app_env: Path) -> None:
+def test_a_session_waiting_for_the_slot_sees_its_place_and_can_cancel(app_env: Path, page) -> None:
     from pages.parts import server
 
     manager = server.job_manager()
@@ -294,7 +267,7 @@ def at_config(epochs: int):
     return TrainConfig(train_size=300, val_size=100, epochs=epochs, batch_size=24)
 
 
-def test_a_refreshed_page_finds_its_training_and_active_model_again(app_env: Path) -> None:
+def test_a_refreshed_page_finds_its_training_and_active_model_again(app_env: Path, page) -> None:
     from pages.parts import server
 
     at = small_training(page("pages/train.py"), epochs=200)
@@ -335,7 +308,7 @@ def test_settings_come_from_the_url_clamped_with_a_note_and_a_link_shares_them(a
     assert "?widths=24,32&" in next(c.value for c in at.get("code"))
 
 
-def test_the_deconv_shape_calculator_warns_of_uneven_overlap(app_env: Path) -> None:
+def test_the_deconv_shape_calculator_warns_of_uneven_overlap(app_env: Path, page) -> None:
     at = page("pages/architecture.py")
     table = at.dataframe[1].value
     assert list(table["output"]) == ["16x16", "8x8", "4x4"] and set(table["overlap"]) == {"even"}
@@ -351,7 +324,7 @@ def test_the_deconv_shape_calculator_warns_of_uneven_overlap(app_env: Path) -> N
 
 
 def test_runs_page_imports_a_zipped_run_and_refuses_a_bad_zip(app_env: Path, a_run: Path, tmp_path: Path,
-                                                               monkeypatch) -> None:
+                                                               monkeypatch, page) -> None:
     import io
     import zipfile
 
@@ -377,7 +350,7 @@ def test_runs_page_imports_a_zipped_run_and_refuses_a_bad_zip(app_env: Path, a_r
     assert f"Imported as **{saved[0].name}_2**" in at.success[0].value
 
 
-def test_train_again_starts_a_saved_runs_settings_on_the_train_page(app_env: Path, a_run: Path) -> None:
+def test_train_again_starts_a_saved_runs_settings_on_the_train_page(app_env: Path, a_run: Path, page) -> None:
     saved = runs.list_runs(app_env)[0]
     at = page("pages/runs.py")
     assert at.get("download_button")  # the runs table as CSV, among others
@@ -408,7 +381,7 @@ def altered_copy(run: Path, name: str, file: str, change) -> Iterator[Path]:
         shutil.rmtree(copy)
 
 
-def test_a_hostile_run_is_listed_as_broken_and_breaks_no_page(app_env: Path, a_run: Path) -> None:
+def test_a_hostile_run_is_listed_as_broken_and_breaks_no_page(app_env: Path, a_run: Path, page) -> None:
     with altered_copy(a_run, "hostile", "meta.json", lambda meta: meta.update(val_accuracy="high")):
         for name in PAGES:
             at = page(name)
@@ -418,7 +391,7 @@ def test_a_hostile_run_is_listed_as_broken_and_breaks_no_page(app_env: Path, a_r
         assert "hostile" not in list(at.dataframe[0].value["run"])
 
 
-def test_a_broken_runs_reason_quoting_its_file_is_escaped_not_rendered(app_env: Path, a_run: Path) -> None:
+def test_a_broken_runs_reason_quoting_its_file_is_escaped_not_rendered(app_env: Path, a_run: Path, page) -> None:
     with altered_copy(a_run, "hostile-config", "config.json",
                       lambda config: config["model"].update(head="![x](http://example.invalid/x.png)")):
         at = page("pages/runs.py")
@@ -426,7 +399,8 @@ def test_a_broken_runs_reason_quoting_its_file_is_escaped_not_rendered(app_env: 
         assert "\\!\\[x\\]\\(http" in shown and "![x](http" not in shown  # escaped: no remote image for anyone
 
 
-def test_run_supplied_text_is_shown_as_plain_text_and_only_the_owner_may_delete(app_env: Path, a_run: Path) -> None:
+def test_run_supplied_text_is_shown_as_plain_text_and_only_the_owner_may_delete(app_env: Path, a_run: Path,
+                                                                                  page) -> None:
     hostile = {"owner": "f" * 16, "saved_at": "9999-12-31T00:00:00+0000", "message": "![x](http://example.invalid/x.png)"}
     with altered_copy(a_run, "someone-elses", "meta.json", lambda meta: meta.update(hostile)) as other:
         os.utime(other / "model.keras", (1_000_000_000, 1_000_000_000))  # its files say 2001, its meta.json 9999
@@ -438,7 +412,7 @@ def test_run_supplied_text_is_shown_as_plain_text_and_only_the_owner_may_delete(
         assert at.selectbox[0].options[0] != "someone-elses"  # a date in the future does not make it the newest
 
 
-def test_a_full_runs_folder_refuses_a_training_with_the_reason(app_env: Path, monkeypatch) -> None:
+def test_a_full_runs_folder_refuses_a_training_with_the_reason(app_env: Path, monkeypatch, page) -> None:
     monkeypatch.setenv("DECONV_RUNS_QUOTA", "1K")
     at = small_training(page("pages/train.py"), epochs=1)
     button(at, "Train").click().run()
@@ -455,7 +429,7 @@ def test_a_model_name_of_300_characters_in_a_link_is_ignored(app_env: Path) -> N
     assert not at.exception and at.session_state["active_run"] is None
 
 
-def test_a_training_longer_than_the_server_allows_is_refused_with_the_reason(app_env: Path, monkeypatch) -> None:
+def test_a_training_longer_than_the_server_allows_is_refused_with_the_reason(app_env: Path, monkeypatch, page) -> None:
     from pages.parts import server
 
     monkeypatch.setattr(server.job_manager(), "max_job_seconds", 1.0)

@@ -13,18 +13,16 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from deconv import runs
+from deconv import runs, samples
 from deconv.config import ModelConfig, TrainConfig
 from deconv.model import build_model
-from tests import images
-from tests.conftest import LABELS, synthetic_images
-from tests.test_app import app_env, page  # noqa: F401  (app_env is a fixture)
+from deconv.samples import LABELS, synthetic_images
 
 CONFIG = ModelConfig(widths=(8, 16), deconv_stride=2)  # each deconv doubles its map: 16 -> 32 -> 16 -> 32
 
 
 @pytest.fixture(scope="module")
-def saved_run(app_env: Path) -> Path:  # noqa: F811
+def saved_run(app_env: Path) -> Path:
     """A run of CONFIG trained for a moment on the synthetic colours, saved where the app looks."""
     keras.utils.set_random_seed(0)
     y = np.repeat(np.arange(10), 20)
@@ -36,7 +34,7 @@ def saved_run(app_env: Path) -> Path:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def untrained_run(app_env: Path) -> Path:  # noqa: F811
+def untrained_run(app_env: Path) -> Path:
     """A run that never trained: its answers are near uniform over the ten classes."""
     keras.utils.set_random_seed(0)
     return runs.save_run(app_env / "untrained", build_model(CONFIG), CONFIG, TrainConfig(), [], runs.RunMeta())
@@ -55,9 +53,9 @@ def expected_blocks() -> list[tuple[str, str]]:
             for n, s, w in zip(names, sizes, widths)]
 
 
-def test_look_inside_an_upload_shows_every_block_and_the_class_evidence(saved_run: Path) -> None:
+def test_look_inside_an_upload_shows_every_block_and_the_class_evidence(saved_run: Path, page) -> None:
     at = page("pages/classify.py")
-    at.file_uploader[0].set_value([("photo.png", images.good()["photo.png"], "image/png")]).run()
+    at.file_uploader[0].set_value([("photo.png", samples.good()["photo.png"], "image/png")]).run()
     key = "upload-0-photo.png"
     assert not charts(at, f"maps-{key}")  # nothing computed until asked
     at.toggle(key=f"inside-{key}").set_value(True).run()
@@ -72,7 +70,7 @@ def test_look_inside_an_upload_shows_every_block_and_the_class_evidence(saved_ru
     assert "raise the" in " ".join(c.value for c in at.caption)
 
 
-def test_evidence_for_another_class_of_a_cifar_image(saved_run: Path) -> None:
+def test_evidence_for_another_class_of_a_cifar_image(saved_run: Path, page) -> None:
     at = page("pages/classify.py")
     key = next(c.key for c in at.get("plotly_chart") if c.key.startswith("top-test-")).removeprefix("top-")
     at.toggle(key=f"inside-{key}").set_value(True).run()
@@ -86,7 +84,7 @@ def test_evidence_for_another_class_of_a_cifar_image(saved_run: Path) -> None:
     assert len(charts(at, f"maps-{key}-")) == len(expected_blocks())
 
 
-PHOTO = ("photo.png", images.good()["photo.png"], "image/png")
+PHOTO = ("photo.png", samples.good()["photo.png"], "image/png")
 
 
 def upload_charts(at: AppTest) -> list[str]:
@@ -96,11 +94,11 @@ def upload_charts(at: AppTest) -> list[str]:
 
 def colour_png(i: int) -> tuple[str, bytes, str]:
     """An upload of its own colour, so that no two are the same file."""
-    content = images.encode(Image.new("RGB", (40, 30), (i * 10, 255 - i * 10, 128)), "PNG")
+    content = samples.encode(Image.new("RGB", (40, 30), (i * 10, 255 - i * 10, 128)), "PNG")
     return f"colour{i:02d}.png", content, "image/png"
 
 
-def test_uploads_are_told_the_ten_classes_and_an_untrained_models_answer_is_unsure(untrained_run: Path) -> None:
+def test_uploads_are_told_the_ten_classes_and_an_untrained_models_answer_is_unsure(untrained_run: Path, page) -> None:
     at = page("pages/classify.py")
     next(s for s in at.selectbox if s.label == "Model").set_value(untrained_run.name).run()
     assert not at.info  # nothing to explain before a picture is shown
@@ -112,7 +110,7 @@ def test_uploads_are_told_the_ten_classes_and_an_untrained_models_answer_is_unsu
     assert len(lines) == 1 and "unsure: the model is not confident" in lines[0]  # the upload's, not the test images'
 
 
-def test_uploaded_pictures_survive_a_visit_to_another_page(saved_run: Path) -> None:
+def test_uploaded_pictures_survive_a_visit_to_another_page(saved_run: Path, page) -> None:
     at = page("pages/classify.py")
     at.file_uploader[0].set_value([PHOTO]).run()
     assert upload_charts(at) == ["top-upload-0-photo.png"]
@@ -124,14 +122,14 @@ def test_uploaded_pictures_survive_a_visit_to_another_page(saved_run: Path) -> N
     assert at.dataframe[0].value["probability"].sum() > 0.999
 
 
-def test_the_same_file_uploaded_twice_is_shown_once(saved_run: Path) -> None:
+def test_the_same_file_uploaded_twice_is_shown_once(saved_run: Path, page) -> None:
     at = page("pages/classify.py")
     at.file_uploader[0].set_value([PHOTO]).run()
     at.file_uploader[0].set_value([PHOTO]).run()
     assert not at.exception and upload_charts(at) == ["top-upload-0-photo.png"]
 
 
-def test_at_most_twenty_pictures_are_kept_and_clear_forgets_them(saved_run: Path) -> None:
+def test_at_most_twenty_pictures_are_kept_and_clear_forgets_them(saved_run: Path, page) -> None:
     at = page("pages/classify.py")
     at.file_uploader[0].set_value([colour_png(i) for i in range(12)]).run()
     at.file_uploader[0].set_value([colour_png(i) for i in range(12, 22)]).run()
@@ -142,7 +140,8 @@ def test_at_most_twenty_pictures_are_kept_and_clear_forgets_them(saved_run: Path
     assert not upload_charts(at) and not at.info and not at.exception
 
 
-def test_an_upload_of_more_than_twenty_files_reads_twenty_and_says_how_many_were_left_out(saved_run: Path) -> None:
+def test_an_upload_of_more_than_twenty_files_reads_twenty_and_says_how_many_were_left_out(saved_run: Path,
+                                                                                          page) -> None:
     at = page("pages/classify.py")
     assert "20 at a time" in at.file_uploader[0].label
     at.file_uploader[0].set_value([colour_png(i) for i in range(23)]).run()
@@ -155,7 +154,7 @@ def test_an_upload_of_more_than_twenty_files_reads_twenty_and_says_how_many_were
 
 
 def test_the_files_of_an_upload_leave_streamlits_store_once_read(saved_run: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                 monkeypatch: pytest.MonkeyPatch, page) -> None:
     from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
 
     removed: list[str] = []
@@ -173,10 +172,10 @@ def test_the_files_of_an_upload_leave_streamlits_store_once_read(saved_run: Path
     assert len(set(removed)) == 22  # kept as a preview and a view, the files themselves gone
 
 
-def test_a_tiff_named_png_is_refused_with_the_formats_the_page_takes(saved_run: Path) -> None:
+def test_a_tiff_named_png_is_refused_with_the_formats_the_page_takes(saved_run: Path, page) -> None:
     at = page("pages/classify.py")  # the uploader refuses a .tiff name itself; a stranger can rename the file
     assert "PNG, JPEG, GIF, BMP, WebP" in at.file_uploader[0].label
-    at.file_uploader[0].set_value([("scan.png", images.other_formats()["photo.tiff"], "image/png"), PHOTO]).run()
+    at.file_uploader[0].set_value([("scan.png", samples.other_formats()["photo.tiff"], "image/png"), PHOTO]).run()
     assert not at.exception and upload_charts(at) == ["top-upload-0-photo.png"]
     assert [e.value for e in at.error] == ["**scan.png** cannot be classified: it is in TIFF format, not one of the "
                                            "formats taken here: PNG, JPEG, GIF, BMP, WebP."]

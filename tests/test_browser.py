@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from deconv import samples
 from deconv.config import ModelConfig
 from deconv.cost import describe
-from tests import images
-from tests.conftest import write_cifar
+from deconv.samples import write_cifar
 
 CHROMIUM = shutil.which("chromium")
 MISSING = "needs Debian's Chromium and Playwright: apt-get install chromium && pip install -r requirements-dev.txt"
@@ -185,7 +185,7 @@ def test_stop_ends_training_within_seconds_and_keeps_the_model(page, server) -> 
 
 def test_upload_a_photo_and_a_text_file_named_png(page, server) -> None:
     tmp = server["tmp"]
-    (tmp / "photo.jpg").write_bytes(images.good()["photo.jpg"])
+    (tmp / "photo.jpg").write_bytes(samples.good()["photo.jpg"])
     (tmp / "notes.png").write_bytes(b"this is not a picture")
     go(page, server, "classify", "Your pictures")
     page.locator('input[type="file"]').set_input_files([str(tmp / "photo.jpg"), str(tmp / "notes.png")])

@@ -7,7 +7,7 @@ import pytest
 import streamlit  # noqa: F401  Streamlit makes its own plotly template the default, as it does in the app
 
 from deconv import charts
-from tests.conftest import LABELS
+from deconv.samples import LABELS
 
 
 def matrix(per_class: int, right: float = 0.65, seed: int = 0) -> np.ndarray:
@@ -108,29 +108,8 @@ def test_learning_curves_push_the_margins_too() -> None:
     assert fig.layout.xaxis.automargin is True and fig.layout.xaxis2.automargin is True
 
 
-@pytest.fixture
-def app_env(tmp_path, monkeypatch: pytest.MonkeyPatch):
-    """Synthetic data and an empty runs folder for the app, its caches cleared before and after."""
-    import streamlit as st
-
-    from pages.parts import server
-    from tests.conftest import write_cifar
-
-    monkeypatch.setenv("DECONV_DATA_DIR", str(write_cifar(tmp_path / "data")))
-    monkeypatch.setenv("DECONV_RUNS_DIR", str(tmp_path / "runs"))
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield tmp_path / "runs"
-    server.job_manager().shutdown()
-    st.cache_resource.clear()
-    st.cache_data.clear()
-
-
-def test_runs_table_names_the_best_epoch_and_keeps_each_accuracy_in_its_own_column(app_env) -> None:
+def test_runs_table_names_the_best_epoch_and_keeps_each_accuracy_in_its_own_column(app_env, page) -> None:
     import json
-    from pathlib import Path
-
-    from streamlit.testing.v1 import AppTest
 
     from deconv.config import ModelConfig, TrainConfig
 
@@ -145,8 +124,7 @@ def test_runs_table_names_the_best_epoch_and_keeps_each_accuracy_in_its_own_colu
                {"epoch": 3, "val_accuracy": 0.61}, {"epoch": 4, "partial": True}]
     (run / "history.json").write_text(json.dumps(history))
     (run / "meta.json").write_text(json.dumps({"status": "stopped", "val_accuracy": 0.663, "epochs_completed": 3}))
-    app = str(Path(__file__).resolve().parent.parent / "app.py")
-    at = AppTest.from_file(app, default_timeout=120).run().switch_page("pages/runs.py").run()
+    at = page("pages/runs.py")
     assert not at.exception
     row = at.dataframe[0].value.iloc[0]
     assert row["best epoch"] == 2 and row["best epoch val acc"] == pytest.approx(0.656)

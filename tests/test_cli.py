@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from deconv import samples
 from deconv.cli import build_parser
-from tests import images
+from deconv.samples import write_cifar
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--widths", "8", "--train-size", "300", "--val-size", "100", "--batch-size", "20"]
@@ -54,8 +54,6 @@ def test_bad_flags_exit_2_with_usage_and_the_field(args: list[str], words: str) 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.conftest import write_cifar
-
     tmp = tmp_path_factory.mktemp("cli")
     data_dir = write_cifar(tmp / "data")
     run_dir, progress = tmp / "run", tmp / "progress.jsonl"
@@ -115,7 +113,7 @@ def test_evaluate(trained_run: Path) -> None:
 
 def test_classify_good_and_bad_images(trained_run: Path, tmp_path: Path) -> None:
     good, bad = tmp_path / "photo.jpg", tmp_path / "notes.png"
-    good.write_bytes(images.good()["photo.jpg"])
+    good.write_bytes(samples.good()["photo.jpg"])
     bad.write_bytes(b"just text")
     r = cli("classify", str(trained_run), str(good), str(bad), str(tmp_path / "missing.png"), "--top", "3")
     lines = [json.loads(line) for line in r.stdout.splitlines()]
@@ -128,15 +126,15 @@ def test_classify_good_and_bad_images(trained_run: Path, tmp_path: Path) -> None
 
 
 def test_classify_the_whole_bad_input_corpus_in_one_call(trained_run: Path, tmp_path: Path) -> None:
-    files = {**images.bad(), **images.good()}
+    files = {**samples.bad(), **samples.good()}
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
     r = cli("classify", str(trained_run), *(str(tmp_path / name) for name in files))
     assert r.returncode == 1 and "Traceback" not in r.stderr  # 1: some files could not be classified
     lines = {Path(line["image"]).name: line for line in map(json.loads, r.stdout.splitlines())}
     assert sorted(lines) == sorted(files)
-    assert all("error" in lines[name] and len(lines[name]["error"]) > 10 for name in images.bad())
-    assert all(len(lines[name]["top"]) == 5 for name in images.good())
+    assert all("error" in lines[name] and len(lines[name]["error"]) > 10 for name in samples.bad())
+    assert all(len(lines[name]["top"]) == 5 for name in samples.good())
 
 
 def test_classify_with_a_bad_run_dir_says_so(tmp_path: Path) -> None:

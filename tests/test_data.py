@@ -16,7 +16,7 @@ import pytest
 
 from deconv import data
 from deconv.config import TrainConfig
-from tests.conftest import LABELS, write_cifar
+from deconv.samples import LABELS, write_cifar
 
 
 def test_reads_the_official_layout(cifar_dir: Path) -> None:

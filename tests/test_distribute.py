@@ -15,7 +15,7 @@ import pytest
 
 from deconv import runs
 from deconv.distribute import tf_config_problem
-from tests.conftest import write_cifar
+from deconv.samples import write_cifar
 
 ROOT = Path(__file__).resolve().parent.parent
 

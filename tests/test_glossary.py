@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -101,31 +99,15 @@ def test_the_blocks_slider_has_its_own_help() -> None:
     assert glossary.BLOCKS_HELP != s.help and f"{s.min_len} to {s.max_len}" in glossary.BLOCKS_HELP
 
 
-def test_the_architecture_page_explains_the_chosen_layer_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
-
-    from pages.parts import server
-    from tests.conftest import write_cifar
-
-    monkeypatch.setenv("DECONV_DATA_DIR", str(write_cifar(tmp_path / "data")))
-    monkeypatch.setenv("DECONV_RUNS_DIR", str(tmp_path / "runs"))
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    try:
-        app = str(Path(__file__).resolve().parent.parent / "app.py")
-        at = AppTest.from_file(app, default_timeout=120).run().switch_page("pages/architecture.py").run()
-        assert not at.exception
-        box = at.selectbox(key="architecture.layer_type")
-        assert box.options == list(dict.fromkeys(c.kind for c in describe(ModelConfig()).layers))
-        box.set_value("AdaptiveAveragePooling2D").run()
-        text = " ".join(m.value for m in at.markdown)
-        assert "floor(i x n / p)" in text and "`pool`: 4x4 → 2x2" in text
-        at.radio(key="w.model_config.head").set_value("flatten").run()  # the chosen type is gone from the table
-        assert not at.exception and "AdaptiveAveragePooling2D" not in at.selectbox(key="architecture.layer_type").options
-        at.selectbox(key="architecture.layer_type").set_value("Flatten").run()
-        assert "`flatten`: 4x4x128 → 2,048 numbers in one row" in " ".join(m.value for m in at.markdown)
-    finally:
-        server.job_manager().shutdown()
-        st.cache_resource.clear()
-        st.cache_data.clear()
+def test_the_architecture_page_explains_the_chosen_layer_type(page) -> None:
+    at = page("pages/architecture.py")
+    assert not at.exception
+    box = at.selectbox(key="architecture.layer_type")
+    assert box.options == list(dict.fromkeys(c.kind for c in describe(ModelConfig()).layers))
+    box.set_value("AdaptiveAveragePooling2D").run()
+    text = " ".join(m.value for m in at.markdown)
+    assert "floor(i x n / p)" in text and "`pool`: 4x4 → 2x2" in text
+    at.radio(key="w.model_config.head").set_value("flatten").run()  # the chosen type is gone from the table
+    assert not at.exception and "AdaptiveAveragePooling2D" not in at.selectbox(key="architecture.layer_type").options
+    at.selectbox(key="architecture.layer_type").set_value("Flatten").run()
+    assert "`flatten`: 4x4x128 → 2,048 numbers in one row" in " ".join(m.value for m in at.markdown)

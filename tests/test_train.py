@@ -157,17 +157,3 @@ def test_default_preset_learns_real_cifar10_in_one_epoch(real_cifar_dir: Path) -
     result = train.train(PRESETS["default"], config, ds)
     assert result.status == "finished"
     assert result.history[-1]["val_accuracy"] >= 0.25  # chance is 0.10
-
-
-def test_predicting_any_batch_size_on_several_models_traces_once_each_and_warns_nothing(caplog) -> None:
-    import logging
-
-    models = [keras.models.clone_model(train.build_model(SMALL)) for _ in range(4)]
-    x = np.random.default_rng(0).integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)
-    with caplog.at_level(logging.WARNING, logger="tensorflow"):
-        for model in models:
-            first = inference.forward(model)
-            shapes = [inference.predict(model, x[:n], batch_size=256).shape for n in (1, 3, 8, 100, 300)]
-            assert shapes == [(1, 10), (3, 10), (8, 10), (100, 10), (300, 10)] and inference.forward(model) is first
-    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
-    assert np.allclose(inference.predict(models[0], x[:5]), models[0](x[:5].astype(np.float32)), atol=1e-6)
