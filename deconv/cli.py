@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence, TextIO
 
 from deconv.config import PRESETS, ModelConfig, Spec, TrainConfig, preset
 from deconv.distribute import STRATEGIES, TF_CONFIG_EXAMPLE, tf_config_problem
-from deconv.jobs import watch_lifeline
+from deconv.lifeline import watch_lifeline
 
 ALIASES = {"learning_rate": ["--lr"]}
 STOP = threading.Event()  # set by SIGINT/SIGTERM: training ends after its current batch

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from deconv import charts, runs
+from deconv import charts, run_import, runs
 from pages.parts import first_visit, server, settings, state, text
 from pages.parts.state import ACTIVE_RUN, MODEL, TRAIN
 
@@ -74,7 +74,7 @@ def import_run() -> None:
     upload, folder = st.session_state.get("import.zip"), st.session_state.get("import.folder", "").strip()
     try:
         source = upload.getvalue() if upload else folder
-        added = runs.import_run(source, server.runs_dir(), upload.name if upload else Path(folder).name,
+        added = run_import.import_run(source, server.runs_dir(), upload.name if upload else Path(folder).name,
                                 owner=state.owner())
         st.session_state["import.outcome"] = f"Imported as **{added.name}**."
     except runs.RunError as e:
@@ -93,7 +93,7 @@ saved, broken = runs.list_runs(server.runs_dir())
 for path, why in broken:
     st.error(text.plain(f"{path.name} cannot be read and is left out: {why}."), icon=":material/error:")
 with st.expander("Import a run", icon=":material/upload:"):
-    roots = runs.folder_import_roots()
+    roots = run_import.folder_import_roots()
     st.markdown("A run trained elsewhere (`python -m deconv train --out DIR` on a bigger machine): upload a `.zip` "
                 "of its folder" + (", or give the path of a run folder on this server" if roots else "") + ". "
                 "Its files are checked, and its weights are loaded into the network its `config.json` describes "

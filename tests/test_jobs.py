@@ -15,7 +15,8 @@ import pytest
 from deconv import runs
 from deconv.config import ModelConfig, TrainConfig, preset
 from deconv.experiment import Experiment
-from deconv.jobs import QUIET_SECONDS, JobManager, JobRefused, max_job_seconds_from_env, max_queue_from_env, spawn
+from deconv.jobs import QUIET_SECONDS, JobManager, JobRefused, max_job_seconds_from_env, max_queue_from_env
+from deconv.lifeline import spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 

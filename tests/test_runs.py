@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 
-from deconv import runs
+from deconv import run_import, runs
 from deconv.config import ModelConfig, TrainConfig
 from deconv.cost import describe
 from deconv.model import build_model
@@ -140,12 +140,12 @@ def zipped(run: Path, folder: str | None = "run1", extra: dict[str, bytes] | Non
 def test_import_a_run_folder_or_a_zip_of_one(tmp_path: Path, monkeypatch) -> None:
     run = save(tmp_path / "elsewhere" / "cluster-run")
     root = tmp_path / "runs"
-    monkeypatch.setenv(runs.FOLDER_IMPORT_ENV, str(tmp_path / "elsewhere"))
-    copied = runs.import_run(str(run), root, run.name)
+    monkeypatch.setenv(run_import.FOLDER_IMPORT_ENV, str(tmp_path / "elsewhere"))
+    copied = run_import.import_run(str(run), root, run.name)
     assert copied == root / "cluster-run" and runs.read_run(copied).history == HISTORY
-    from_zip = runs.import_run(zipped(run), root, "cluster-run.zip")
+    from_zip = run_import.import_run(zipped(run), root, "cluster-run.zip")
     assert from_zip == root / "cluster-run_2" and runs.load_model(from_zip) is not None
-    flat = runs.import_run(zipped(run, folder=None), root, "flat.zip", owner="0123456789abcdef")
+    flat = run_import.import_run(zipped(run, folder=None), root, "flat.zip", owner="0123456789abcdef")
     assert sorted(p.name for p in flat.iterdir()) == sorted(runs.FILES)
     assert runs.read_run(flat).meta.owner == "0123456789abcdef"
     assert len(runs.list_runs(root)[0]) == 3 and not runs.list_runs(root)[1]
@@ -179,7 +179,7 @@ def test_a_bad_import_is_refused_and_leaves_nothing_behind(tmp_path: Path, conte
         content = zipped(save(tmp_path / "src" / "evil", keras.Model(inputs, keras.layers.Dense(10)(x))))
     root = tmp_path / "runs"
     with pytest.raises(runs.RunError, match=words):
-        runs.import_run(content, root, "upload.zip")
+        run_import.import_run(content, root, "upload.zip")
     assert not any(root.iterdir()) and not (tmp_path / "evil.txt").exists()
 
 
@@ -250,7 +250,7 @@ def test_a_name_from_a_link_never_raises(tmp_path: Path) -> None:
 
 
 def test_only_the_owner_may_delete_unless_the_operator_allows_all(tmp_path: Path, monkeypatch) -> None:
-    mine = runs.import_run(zipped(save(tmp_path / "src" / "r")), tmp_path / "runs", "r.zip", owner="a" * 16)
+    mine = run_import.import_run(zipped(save(tmp_path / "src" / "r")), tmp_path / "runs", "r.zip", owner="a" * 16)
     info = runs.read_run(mine)
     assert runs.may_delete(info, "a" * 16) and not runs.may_delete(info, "b" * 16)
     assert not runs.may_delete(runs.read_run(save(tmp_path / "cli-run")), "a" * 16)  # no owner: the operator's
@@ -295,7 +295,7 @@ def test_a_model_file_with_more_than_keras_writes_is_refused_before_keras_reads_
         (run / "model.keras").write_bytes(model_keras_with(run, config=b"{}" + b" " * (2 * 2**20)))
     content = zipped(run)
     with traced() as peak, pytest.raises(runs.RunError, match=words):
-        runs.import_run(content, tmp_path / "runs", "upload.zip")
+        run_import.import_run(content, tmp_path / "runs", "upload.zip")
     assert peak[0] < 20 * 2**20  # bytes this process allocated: the padding was never read
     assert not any((tmp_path / "runs").iterdir())
 
@@ -307,7 +307,7 @@ def test_an_uploaded_architecture_is_never_built_and_the_kept_file_is_written_an
     (run / "model.keras").write_bytes(model_keras_with(run, config=json.dumps(config).encode()))
     content = zipped(run)
     with traced() as peak:
-        added = runs.import_run(content, tmp_path / "runs", "upload.zip")  # the weights fit its config.json's network
+        added = run_import.import_run(content, tmp_path / "runs", "upload.zip")  # the weights fit its config.json's network
     assert peak[0] < 20 * 2**20  # bytes this process allocated: the weights were loaded in the child
     kept = json.loads(zipfile.ZipFile(added / "model.keras").read("config.json"))
     assert kept["config"]["layers"][-1]["config"]["units"] == 10  # rewritten from the rebuilt network
@@ -358,7 +358,7 @@ def test_archives_that_break_the_zip_reader_are_refused_and_leave_nothing(tmp_pa
         (run / "meta.json").write_text("[" * 100_000 + "]" * 100_000)
         content = zipped(run)
     with pytest.raises(runs.RunError, match=words):
-        runs.import_run(content, tmp_path / "runs", "upload.zip")
+        run_import.import_run(content, tmp_path / "runs", "upload.zip")
     assert not any((tmp_path / "runs").iterdir())
 
 
@@ -367,7 +367,7 @@ def test_a_full_runs_folder_refuses_an_import_with_a_clear_message(tmp_path: Pat
     monkeypatch.setenv(runs.QUOTA_ENV, "10K")
     assert runs.quota_bytes() == 10 * 1024
     with pytest.raises(runs.RunError, match="the runs folder is full: .* delete runs"):
-        runs.import_run(zipped(run), tmp_path / "runs", "upload.zip")
+        run_import.import_run(zipped(run), tmp_path / "runs", "upload.zip")
     assert not any((tmp_path / "runs").iterdir())
     monkeypatch.setenv(runs.QUOTA_ENV, "not a size")
     assert runs.quota_bytes() == runs.DEFAULT_QUOTA
@@ -379,14 +379,14 @@ def test_folder_import_is_off_unless_allowed_and_then_only_under_its_roots(tmp_p
     messages = []
     for folder in (str(run), "/root", "/nonexistent", "~"):
         with pytest.raises(runs.RunError) as e:
-            runs.import_run(folder, tmp_path / "runs", "x")
+            run_import.import_run(folder, tmp_path / "runs", "x")
         messages.append(str(e.value))
     assert len(set(messages)) == 1 and "folder import is off" in messages[0]  # nothing to probe the disk with
-    monkeypatch.setenv(runs.FOLDER_IMPORT_ENV, str(tmp_path / "allowed"))
-    assert runs.import_run(str(run), tmp_path / "runs", "run1") == tmp_path / "runs" / "run1"
+    monkeypatch.setenv(run_import.FOLDER_IMPORT_ENV, str(tmp_path / "allowed"))
+    assert run_import.import_run(str(run), tmp_path / "runs", "run1") == tmp_path / "runs" / "run1"
     for folder in (str(outside), str(tmp_path / "allowed" / ".." / "outside" / "run2")):
         with pytest.raises(runs.RunError, match="not under the folders"):
-            runs.import_run(folder, tmp_path / "runs", "x")
+            run_import.import_run(folder, tmp_path / "runs", "x")
 
 
 def test_leftovers_of_crashed_saves_and_imports_are_swept(tmp_path: Path) -> None:
@@ -447,7 +447,7 @@ def test_generated_archives_are_imported_and_loadable_or_refused_leaving_nothing
         try:
             with traced() as peak:
                 try:
-                    added = runs.import_run(content, root, "upload.zip")
+                    added = run_import.import_run(content, root, "upload.zip")
                 finally:
                     peaks.append(peak)
         except runs.RunError:
