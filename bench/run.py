@@ -87,6 +87,35 @@ def app_path_ratio(repeats: int) -> dict:
     return {"app_seconds": median(app), "cli_seconds": median(cli), "cli_over_app": median([c / a for c, a in zip(cli, app)])}
 
 
+def first_batch(repeats: int) -> dict:
+    """Seconds from a Train click (the job manager's submit) to the first training batch done, in the app's workers:
+    the default settings (the worker compiled them while it waited), and a changed width, the first time and again."""
+    from deconv.config import ModelConfig, TrainConfig
+    from deconv.jobs import JobManager
+
+    changed = ModelConfig(widths=(40, *ModelConfig().widths[1:]))
+    seconds: dict[str, list[float]] = {"default": [], "changed_width_first": [], "changed_width_again": []}
+    for i in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            manager = JobManager(Path(tmp) / ".jobs", max_jobs=1)
+            try:
+                for name, config in (("default", ModelConfig()), ("changed_width_first", changed),
+                                     ("changed_width_again", changed)):
+                    time.sleep(20)  # the warm worker has imported TensorFlow and compiled the default network
+                    t = time.time()
+                    job = manager.submit(f"bench{i}", config, TrainConfig(seed=i), Path(tmp) / f"{name}{i}")
+                    while job.active and not job.latest("batch"):
+                        time.sleep(0.02)
+                    batch = job.latest("batch")
+                    seconds[name].append(batch["time"] - t if batch else float("nan"))
+                    manager.stop(job)
+                    while job.active:
+                        time.sleep(0.1)
+            finally:
+                manager.shutdown()
+    return {k: median(v) for k, v in seconds.items()}
+
+
 def cold_start(repeats: int) -> dict:
     """Seconds from `streamlit run app.py` to its health check answering, and to the Home page drawn in Chromium."""
     import importlib.util
@@ -164,6 +193,7 @@ def main() -> None:
                                      for k in ("p50_ms", "p95_ms", "batch64_ms")})
     run("peak_rss_50k", lambda: child("peak_rss"))
     run("cold_start", lambda: cold_start(r))
+    run("first_batch", lambda: first_batch(r))
     if not args.quick:
         run("time_to_accuracy", lambda: time_to_accuracy(r))
         run("app_path", lambda: app_path_ratio(r))

@@ -23,6 +23,7 @@ from deconv.lifeline import watch_lifeline
 
 ALIASES = {"learning_rate": ["--lr"]}
 STOP = threading.Event()  # set by SIGINT/SIGTERM: training ends after its current batch
+WARM_ENV = "DECONV_WARM_DEFAULT"  # 0: a worker does not compile the default network while it waits
 
 
 def install_stop_handlers() -> None:
@@ -161,7 +162,7 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return train_experiment(experiment, args.progress, hint=" (or pass --data-dir)")
 
 
-def train_experiment(experiment: Any, progress: str | None, hint: str = "") -> int:
+def train_experiment(experiment: Any, progress: str | None, hint: str = "", warm: Any = None) -> int:
     """Run an experiment with stop requests by signal and events logged; print its summary; the exit code."""
     from deconv import experiment as experiments
 
@@ -171,7 +172,7 @@ def train_experiment(experiment: Any, progress: str | None, hint: str = "") -> i
     except OSError as e:
         return _fail(f"cannot write the progress file {progress}: {e.strerror or e}", 2)
     try:
-        summary = experiments.run(experiment, log, STOP)
+        summary = experiments.run(experiment, log, STOP, warm)
     finally:
         log.close()
     if summary.status == "error":
@@ -242,9 +243,16 @@ def cmd_describe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 def cmd_worker() -> int:
     """A warm process for the app: import TensorFlow now, then run the one experiment read as a JSON line on stdin."""
     install_stop_handlers()  # a stop that arrives before the job starts still ends it cleanly
-    import deconv.train  # noqa: F401  (the slow import, done before the job arrives)
     from deconv.experiment import Experiment
+    from deconv.train import warm_up  # the slow import, done before the job arrives
 
+    warm = None
+    if os.environ.get(WARM_ENV, "1") != "0":  # ... and the default network's steps, compiled before it arrives
+        try:
+            model_config, train_config = preset("default"), TrainConfig()
+            warm = warm_up(model_config, train_config, train_config.train_size, train_config.val_size)
+        except Exception as e:  # noqa: BLE001  (not fatal: the job compiles its own steps)
+            print(f"warning: could not prepare the default network ahead: {e}", file=sys.stderr)
     line = sys.stdin.readline()
     if not line.strip():
         return 0
@@ -259,7 +267,7 @@ def cmd_worker() -> int:
         experiment = Experiment.from_json(job["experiment"])
     except (KeyError, TypeError, ValueError) as e:
         return _fail(f"the job is not a valid experiment: {e}", 2)
-    return train_experiment(experiment, job["progress"])
+    return train_experiment(experiment, job["progress"], warm=warm)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

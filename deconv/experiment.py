@@ -74,17 +74,20 @@ class Summary:
                 "val_accuracy": self.val_accuracy, "params": self.params, "replicas": self.replicas}
 
 
-def run(experiment: Experiment, sink: EventSink, stop: threading.Event) -> Summary:
-    """Load the data, train, check the model on its validation images and save the run; every step is an event."""
+def run(experiment: Experiment, sink: EventSink, stop: threading.Event, warm: Any = None) -> Summary:
+    """Load the data, train, check the model on its validation images and save the run; every step is an event.
+
+    `warm` (a train.WarmModel) is used when it was made for these settings: the training then starts at once.
+    """
     from deconv import data
 
-    summary = _run(experiment, sink, stop, data)
+    summary = _run(experiment, sink, stop, data, warm)
     end = {k: v for k, v in summary.to_json().items() if k not in ("status", "message")} if summary.run_dir else {}
     sink({"event": "end", **end, "status": summary.status, "message": summary.message})
     return summary
 
 
-def _run(experiment: Experiment, sink: EventSink, stop: threading.Event, data: Any) -> Summary:
+def _run(experiment: Experiment, sink: EventSink, stop: threading.Event, data: Any, warm: Any) -> Summary:
     """The steps of `run`; returns as soon as one fails."""
     sink({"event": "status", "message": "loading CIFAR-10"})
     try:
@@ -108,7 +111,7 @@ def _run(experiment: Experiment, sink: EventSink, stop: threading.Event, data: A
                                 f"{hint if experiment.strategy == 'multiworker' else ''}", cause="strategy")
     wall = time.time()
     try:
-        result = train(experiment.model, experiment.train, dataset, sink, stop, strategy=strategy)
+        result = train(experiment.model, experiment.train, dataset, sink, stop, strategy=strategy, warm=warm)
     except (tf.errors.OpError, MemoryError) as e:  # out of memory, or an op the machine cannot run
         return Summary("error", f"training failed: {first_line(e)}; try a smaller model or batch size", cause="training")
     cost = describe(experiment.model)

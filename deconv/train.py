@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from deconv import distribute
-from deconv.config import NUM_CLASSES, ModelConfig, TrainConfig, epoch_batches
+from deconv.config import IMAGE_SIZE, NUM_CLASSES, ModelConfig, TrainConfig, epoch_batches
 from deconv.cost import describe
 from deconv.data import Dataset
 from deconv.inference import even_batch
@@ -237,11 +237,57 @@ class ProgressCallback(keras.callbacks.Callback):
             self._check_stop(epoch_end=True)
 
 
+@dataclass
+class WarmModel:
+    """A compiled network whose training and validation steps were traced and XLA-compiled ahead, for one setting."""
+
+    key: tuple[Any, ...]
+    model: keras.Model
+
+
+def warm_key(model_config: ModelConfig, train_config: TrainConfig, train_images: int, val_images: int) -> tuple[Any, ...]:
+    """What a warm model must share with a training to serve it: everything its compiled steps depend on (not the seed)."""
+    batch_size, steps = epoch_batches(train_images, train_config.batch_size)
+    return model_config, train_config.replace(seed=0), batch_size, steps, _val_batch(model_config, batch_size, val_images)
+
+
+def _val_batch(model_config: ModelConfig, batch_size: int, val_images: int) -> int:
+    """The validation batch: one shape that divides the images, smaller for a big network."""
+    return even_batch(val_images, min(max(batch_size, 100), describe(model_config).eval_batch()))
+
+
+def warm_up(model_config: ModelConfig, train_config: TrainConfig, train_images: int, val_images: int) -> WarmModel:
+    """Build and compile the network and run one step of training and of validation on blank images, so that a
+    training with these settings starts at once (the app's workers do this while they wait for a job)."""
+    key = warm_key(model_config, train_config, train_images, val_images)
+    batch_size, steps, val_batch = key[2], key[3], key[4]
+    model = compile_model(build_model(model_config), train_config, steps, confusion=True)
+    distribute.build_from_shapes(model)
+    blank = np.zeros((batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    labels = np.zeros(batch_size, np.uint8)
+    model.fit(batches(blank, labels, batch_size, shuffle=True, augment=train_config.augment, whole=True),
+              validation_data=batches(blank[:val_batch], labels[:val_batch], val_batch), epochs=1, verbose=0,
+              shuffle=False)
+    return WarmModel(key, model)
+
+
+def _fresh(model: keras.Model, model_config: ModelConfig) -> keras.Model:
+    """A warm model reset to the weights a new build would get now (the seed was just set), its optimizer to zero."""
+    model.set_weights(build_model(model_config).get_weights())
+    for variable in model.optimizer.variables:  # the step count and the moments
+        variable.assign(tf.zeros_like(variable))
+    return model
+
+
 def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
           sink: EventSink | None = None, stop: threading.Event | None = None,
           callbacks: list[keras.callbacks.Callback] | None = None,
-          strategy: tf.distribute.Strategy | None = None) -> TrainResult:
-    """Build and fit the network on `data` (under `strategy` if given); `stop.set()` ends it after the current batch."""
+          strategy: tf.distribute.Strategy | None = None, warm: WarmModel | None = None) -> TrainResult:
+    """Build and fit the network on `data` (under `strategy` if given); `stop.set()` ends it after the current batch.
+
+    A `warm` model made by `warm_up` with the same settings (but any seed) is used instead of a new one: its steps
+    are compiled already, and it starts from the same weights a new one would.
+    """
     sink = sink or (lambda event: None)
     stop = stop or threading.Event()
     keras.utils.set_random_seed(train_config.seed)
@@ -252,12 +298,17 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
     xla = train_config.xla and replicas == 1
     if xla != train_config.xla:
         sink({"event": "status", "message": f"XLA is off: one XLA-compiled step cannot span the {replicas} replicas"})
-    with distribute.scope(strategy):
-        model = compile_model(build_model(model_config), train_config.replace(xla=xla), steps, confusion=not strategy)
+    ready = (warm is not None and strategy is None
+             and warm.key == warm_key(model_config, train_config, len(data.x_train), len(data.x_val)))
+    if ready:
+        model = _fresh(warm.model, model_config)
+    else:
+        with distribute.scope(strategy):
+            model = compile_model(build_model(model_config), train_config.replace(xla=xla), steps,
+                                  confusion=not strategy)
     train_data = batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=train_config.seed,
                          augment=train_config.augment, whole=True)
-    most = min(max(batch_size, 100), describe(model_config).eval_batch())  # a big network checks fewer at once
-    val_data = batches(data.x_val, data.y_val, even_batch(len(data.x_val), most))
+    val_data = batches(data.x_val, data.y_val, _val_batch(model_config, batch_size, len(data.x_val)))
     start = time.perf_counter()  # building the optimizer and metrics counts as training time
     train_data, val_data, agree = distribute.prepare(model, strategy, train_data, val_data)
     progress = ProgressCallback(sink, stop, train_config.epochs, steps, batch_size, agree=agree,
@@ -265,7 +316,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
     sink({"event": "start", "epochs": train_config.epochs, "batches": steps, "train_size": len(data.x_train),
           "val_size": len(data.x_val), "params": model.count_params(), "replicas": replicas,
           "labels": list(data.label_names)})
-    sink({"event": "status", "message": f"compiling the training step{' with XLA' if xla else ''} and running the "
+    sink({"event": "status", "message": f"running the first batch of {batch_size} images" if ready else
+                                        f"compiling the training step{' with XLA' if xla else ''} and running the "
                                         f"first batch of {batch_size} images"})
     model.fit(train_data, validation_data=val_data, epochs=train_config.epochs,
               callbacks=[progress, *(callbacks or [])], shuffle=False, verbose=0)  # the pipeline shuffles

@@ -227,7 +227,7 @@ def test_job_folders_of_earlier_server_lives_are_deleted_at_start_and_nothing_el
     manager = JobManager(jobs_dir, max_jobs=0, warm=False, poll_seconds=0.1)
     try:  # the quiet one goes; one written to just now may be another server's running job, and stays
         assert sorted(p.name for p in jobs_dir.iterdir()) == ["0123456789AB", "0123456789abc", "abcdefabcdef",
-                                                              "fedcba987654", "notes"]
+                                                              "fedcba987654", "notes", "xla-cache"]
         job = manager.submit("a", SMALL_MODEL, SMALL_TRAIN, tmp_path / "r1")
         manager.sweep()
         assert job.dir.is_dir()  # a job of this manager keeps its folder

@@ -85,6 +85,23 @@ def test_the_same_seed_trains_the_same_network(cifar_dir: Path) -> None:
     assert [e["loss"] for e in other] != [e["loss"] for e in first]
 
 
+def test_a_warm_model_trains_as_a_new_one_would_and_only_for_its_own_settings(cifar_dir: Path) -> None:
+    config, ds = small_run(cifar_dir, epochs=2, seed=3)
+    warm = train.warm_up(SMALL, config.replace(seed=0), len(ds.x_train), len(ds.x_val))  # another seed: still used
+    figures = ("loss", "accuracy", "val_loss", "val_accuracy")
+    for _ in range(2):  # and used again: each training starts from a fresh network
+        events: list[dict] = []
+        warmed = train.train(SMALL, config, ds, events.append, warm=warm)
+        assert not any("compiling" in e.get("message", "") for e in events)
+        assert warmed.model is warm.model
+    cold = train.train(SMALL, config, ds)
+    assert np.allclose([[e[k] for k in figures] for e in warmed.history], [[e[k] for k in figures] for e in cold.history],
+                       rtol=1e-4)
+    events = []
+    other = train.train(SMALL, config.replace(epochs=1), ds, events.append, warm=warm)  # another schedule: not warm
+    assert other.model is not warm.model and any("compiling" in e.get("message", "") for e in events)
+
+
 def test_every_epoch_reports_the_validation_confusion_matrix(cifar_dir: Path) -> None:
     config, ds = small_run(cifar_dir)
     events: list[dict] = []
