@@ -181,11 +181,14 @@ def main() -> None:
     batch = TrainConfig().batch_size  # the default's
     default = [child("throughput", preset_name="default", batch=batch, steps=5120 // batch, warm=3)
                for _ in range(r)]
+    plain = [child("plain_keras", batch=batch, steps=5120 // batch) for _ in range(r)]
     article = [child("throughput", timeout=1800, preset_name="article", batch=8, steps=2, warm=1) for _ in range(r)]
     run("throughput", lambda: {
         "default_images_per_second": median([d["images_per_second"] for d in default]),
         "article_images_per_second": median([a["images_per_second"] for a in article]),
         "default_over_article": median([d["images_per_second"] / a["images_per_second"] for d, a in zip(default, article)]),
+        "plain_keras_images_per_second": median([p["images_per_second"] for p in plain]),
+        "default_over_plain_keras": median([d["images_per_second"] / p["images_per_second"] for d, p in zip(default, plain)]),
         "default_train_gflops": median([d["train_gflops"] for d in default]),
         "article_train_gflops": median([a["train_gflops"] for a in article])})
     results["utilisation"] = round(results["throughput"]["default_train_gflops"] / results["matmul"]["gflops"], 3)

@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, TrainConfig)
     p.add_argument("--out", required=True, help="run directory to create (must not exist or be empty)")
     p.add_argument("--progress", help="append one JSON line per event to this file")
+    p.add_argument("--weights-only", action="store_true",
+                   help="save model.keras without the optimizer's state: a third of the size, for a model to ship")
     p.add_argument("--owner", default="", help="who asked for this training (the app passes the browser's id); "
                                                "saved in meta.json")
     p.add_argument("--strategy", choices=STRATEGIES, default="none",
@@ -158,7 +160,8 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _fail(f"{out} already exists and is not empty: choose another --out", 2)
     from deconv.experiment import Experiment
 
-    experiment = Experiment(model_config, train_config, out, args.data_dir, args.owner, args.strategy)
+    experiment = Experiment(model_config, train_config, out, args.data_dir, args.owner, args.strategy,
+                            optimizer_state=not args.weights_only)
     return train_experiment(experiment, args.progress, hint=" (or pass --data-dir)")
 
 

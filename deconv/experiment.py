@@ -30,6 +30,7 @@ class Experiment:
     data_dir: str | None = None  # None: DECONV_DATA_DIR, the Keras cache, or a download
     owner: str = ""  # the browser id that asked (the app), saved in meta.json; empty: the operator
     strategy: str = "none"  # one of distribute.STRATEGIES
+    optimizer_state: bool = True  # False: model.keras keeps the weights only (a model to ship, a third of the size)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -39,13 +40,15 @@ class Experiment:
     def to_json(self) -> dict[str, Any]:
         """A plain JSON-ready dict (the app hands it to a worker process)."""
         return {"model": self.model.to_dict(), "train": self.train.to_dict(), "out": str(self.out),
-                "data_dir": self.data_dir, "owner": self.owner, "strategy": self.strategy}
+                "data_dir": self.data_dir, "owner": self.owner, "strategy": self.strategy,
+                "optimizer_state": self.optimizer_state}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Experiment":
         """The experiment `to_json` wrote; ValueError names a bad field."""
         return cls(ModelConfig.from_dict(data["model"]), TrainConfig.from_dict(data["train"]), Path(data["out"]),
-                   data.get("data_dir"), str(data.get("owner", "")), data.get("strategy", "none"))
+                   data.get("data_dir"), str(data.get("owner", "")), data.get("strategy", "none"),
+                   bool(data.get("optimizer_state", True)))
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def _run(experiment: Experiment, sink: EventSink, stop: threading.Event, data: A
     sink({"event": "status", "message": "saving the run"})
     try:
         runs.save_run(experiment.out, result.model, experiment.model, experiment.train, result.history, meta,
-                      {analysis.REPORT_FILE: report.to_json()})
+                      {analysis.REPORT_FILE: report.to_json()}, experiment.optimizer_state)
     except runs.RunError as e:
         return Summary("error", f"{result.message}, but {e}", cause="save")
     return Summary(result.status, result.message, experiment.out, epochs, result.train_seconds, val_accuracy,

@@ -249,6 +249,18 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get(RUNS_DIR_ENV) or Path(__file__).resolve().parent.parent / "runs")
 
 
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "assets" / "reference-run"  # see the README to retrain it
+
+
+def reference_run() -> RunInfo | None:
+    """The small run shipped with the app, the active model until a visitor trains or picks another; None if absent
+    or unreadable (a checkout without it still works)."""
+    try:
+        return read_run(REFERENCE_DIR)
+    except RunError:
+        return None
+
+
 def run_name(model_config: ModelConfig) -> str:
     """A run's name: date, time and block widths."""
     return f"{time.strftime('%Y%m%d-%H%M%S')}_w{'-'.join(map(str, model_config.widths))}"
@@ -300,8 +312,13 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def save_run(run_dir: str | os.PathLike[str], model: Any, model_config: ModelConfig, train_config: TrainConfig,
-             history: list[dict[str, Any]], meta: RunMeta, extra: dict[str, Any] | None = None) -> Path:
-    """Write a run directory atomically (with `extra` JSON files beside it); refuses to overwrite a non-empty one."""
+             history: list[dict[str, Any]], meta: RunMeta, extra: dict[str, Any] | None = None,
+             optimizer_state: bool = True) -> Path:
+    """Write a run directory atomically (with `extra` JSON files beside it); refuses to overwrite a non-empty one.
+
+    Without `optimizer_state`, model.keras holds the network and its weights only (a third of the size with Adam):
+    what a shipped model needs, since a run is never trained further.
+    """
     run_dir = Path(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise RunError(f"{run_dir} already exists and is not empty: choose another --out")
@@ -314,6 +331,12 @@ def save_run(run_dir: str | os.PathLike[str], model: Any, model_config: ModelCon
     except OSError as e:
         raise RunError(f"cannot create the run in {parent}: {e.strerror or e}") from None
     try:
+        if not optimizer_state:
+            from deconv.model import build_model
+
+            bare = build_model(model_config)
+            bare.set_weights(model.get_weights())
+            model = bare
         model.save(tmp / "model.keras")
         _write_json(tmp / "config.json", {"model": model_config.to_dict(), "train": train_config.to_dict()})
         _write_json(tmp / "history.json", history)

@@ -13,7 +13,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from deconv import charts, data, images, inference, runs
 from deconv.cost import describe
-from pages.parts import first_visit, server, text
+from pages.parts import first_visit, server, state, text
 from pages.parts.state import ACTIVE_RUN
 
 if TYPE_CHECKING:
@@ -123,14 +123,16 @@ st.markdown("Upload pictures, or draw random CIFAR-10 test images, and see which
             "lies.")
 
 saved, broken = runs.list_runs(server.runs_dir())
+reference = runs.reference_run()
+saved = ([reference] if reference else []) + saved
 if not saved:
     st.info("No trained model yet: train one on the **Train** page first.")
     st.stop()
-names = [r.name for r in saved]
+names = ["Reference model (shipped with the app)" if state.is_reference(r) else r.name for r in saved]
 active = st.session_state.get(ACTIVE_RUN)
 default = next((i for i, r in enumerate(saved) if str(r.path) == active), 0)
-choice = st.selectbox("Model", names, index=default, help="the active model, or any saved run")
-run = saved[names.index(choice)]
+choice = st.selectbox("Model", names, index=default, help="the active model, the reference model, or any saved run")
+run = saved[names.index(choice)]  # run names have no spaces: none is taken for the reference's label
 st.caption(text.architecture_summary(run.model_config)
            + (f"; validation accuracy {run.val_accuracy:.1%}" if run.val_accuracy is not None else ""))
 try:

@@ -66,6 +66,14 @@ def test_home_shows_where_the_data_is(app_env: Path, page) -> None:
     assert "CIFAR-10 found" in at.success[0].value and "DECONV_DATA_DIR" in at.success[0].value
 
 
+def test_a_first_visit_has_the_reference_model_active_until_it_picks_another(app_env: Path, page) -> None:
+    at = page("pages/classify.py")
+    assert "Reference model" in at.sidebar.markdown[0].value and "unseen CIFAR-10 test images" in at.sidebar.markdown[0].value
+    chooser = next(s for s in at.selectbox if s.label == "Model")
+    assert chooser.value == "Reference model (shipped with the app)" and not at.exception
+    assert "model" not in at.query_params  # the default: a shared link does not name it
+
+
 def test_home_says_what_to_do_when_the_data_setting_is_wrong(app_env: Path, monkeypatch, page) -> None:
     monkeypatch.setenv("DECONV_DATA_DIR", "/nonexistent/cifar")
     at = page("pages/home.py")
@@ -426,7 +434,7 @@ def test_a_model_name_of_300_characters_in_a_link_is_ignored(app_env: Path) -> N
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params["model"] = "x" * 300
     at.run()
-    assert not at.exception and at.session_state["active_run"] is None
+    assert not at.exception and at.session_state["active_run"] == str(runs.REFERENCE_DIR)  # the default model
 
 
 def test_a_training_longer_than_the_server_allows_is_refused_with_the_reason(app_env: Path, monkeypatch, page) -> None:

@@ -45,6 +45,12 @@ def charts(at: AppTest, prefix: str) -> dict[str, dict[str, Any]]:
     return {c.key: json.loads(c.proto.spec) for c in at.get("plotly_chart") if c.key.startswith(prefix)}
 
 
+def classify_with(page, run: Path):
+    """The Classify page with `run` chosen as its model (the reference model shipped with the app is the default)."""
+    at = page("pages/classify.py")
+    return next(s for s in at.selectbox if s.label == "Model").set_value(run.name).run()
+
+
 def expected_blocks() -> list[tuple[str, str]]:
     """(name, chart title) of each block of CONFIG: its output shape and how many channels are drawn."""
     sizes, widths = CONFIG.feature_sizes(), [w for w in CONFIG.widths for _ in range(2)]
@@ -54,7 +60,7 @@ def expected_blocks() -> list[tuple[str, str]]:
 
 
 def test_look_inside_an_upload_shows_every_block_and_the_class_evidence(saved_run: Path, page) -> None:
-    at = page("pages/classify.py")
+    at = classify_with(page, saved_run)
     at.file_uploader[0].set_value([("photo.png", samples.good()["photo.png"], "image/png")]).run()
     key = "upload-0-photo.png"
     assert not charts(at, f"maps-{key}")  # nothing computed until asked
@@ -71,7 +77,7 @@ def test_look_inside_an_upload_shows_every_block_and_the_class_evidence(saved_ru
 
 
 def test_evidence_for_another_class_of_a_cifar_image(saved_run: Path, page) -> None:
-    at = page("pages/classify.py")
+    at = classify_with(page, saved_run)
     key = next(c.key for c in at.get("plotly_chart") if c.key.startswith("top-test-")).removeprefix("top-")
     at.toggle(key=f"inside-{key}").set_value(True).run()
     chooser = at.selectbox(key=f"class-{key}")
@@ -111,7 +117,7 @@ def test_uploads_are_told_the_ten_classes_and_an_untrained_models_answer_is_unsu
 
 
 def test_uploaded_pictures_survive_a_visit_to_another_page(saved_run: Path, page) -> None:
-    at = page("pages/classify.py")
+    at = classify_with(page, saved_run)
     at.file_uploader[0].set_value([PHOTO]).run()
     assert upload_charts(at) == ["top-upload-0-photo.png"]
     assert not at.file_uploader[0].value  # taken: the picture is shown once, from the kept ones
@@ -123,14 +129,14 @@ def test_uploaded_pictures_survive_a_visit_to_another_page(saved_run: Path, page
 
 
 def test_the_same_file_uploaded_twice_is_shown_once(saved_run: Path, page) -> None:
-    at = page("pages/classify.py")
+    at = classify_with(page, saved_run)
     at.file_uploader[0].set_value([PHOTO]).run()
     at.file_uploader[0].set_value([PHOTO]).run()
     assert not at.exception and upload_charts(at) == ["top-upload-0-photo.png"]
 
 
 def test_at_most_twenty_pictures_are_kept_and_clear_forgets_them(saved_run: Path, page) -> None:
-    at = page("pages/classify.py")
+    at = classify_with(page, saved_run)
     at.file_uploader[0].set_value([colour_png(i) for i in range(12)]).run()
     at.file_uploader[0].set_value([colour_png(i) for i in range(12, 22)]).run()
     assert not at.exception
@@ -142,7 +148,7 @@ def test_at_most_twenty_pictures_are_kept_and_clear_forgets_them(saved_run: Path
 
 def test_an_upload_of_more_than_twenty_files_reads_twenty_and_says_how_many_were_left_out(saved_run: Path,
                                                                                           page) -> None:
-    at = page("pages/classify.py")
+    at = classify_with(page, saved_run)
     assert "20 at a time" in at.file_uploader[0].label
     at.file_uploader[0].set_value([colour_png(i) for i in range(23)]).run()
     assert not at.exception
@@ -166,7 +172,7 @@ def test_the_files_of_an_upload_leave_streamlits_store_once_read(saved_run: Path
         remove(self, session_id, file_id)
 
     monkeypatch.setattr(MemoryUploadedFileManager, "remove_file", recorded)
-    at = page("pages/classify.py")
+    at = classify_with(page, saved_run)
     at.file_uploader[0].set_value([colour_png(i) for i in range(22)]).run()  # two of them left out, unread
     assert not at.exception and len(upload_charts(at)) == 20
     assert len(set(removed)) == 22  # kept as a preview and a view, the files themselves gone

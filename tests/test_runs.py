@@ -457,3 +457,27 @@ def test_generated_archives_are_imported_and_loadable_or_refused_leaving_nothing
 
     one()
     assert max(p[0] for p in peaks) < 50 * 2**20  # bytes the importing process allocated for any one archive
+
+
+def test_a_run_saved_without_its_optimizer_state_is_a_third_of_the_size_and_loads(tmp_path: Path) -> None:
+    model = build_model(ModelConfig(widths=(32, 64)))
+    model.compile(keras.optimizers.Adam(), "categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)
+    full = runs.save_run(tmp_path / "full", model, ModelConfig(widths=(32, 64)), TrainConfig(), HISTORY, runs.RunMeta())
+    slim = runs.save_run(tmp_path / "slim", model, ModelConfig(widths=(32, 64)), TrainConfig(), HISTORY, runs.RunMeta(),
+                         optimizer_state=False)
+    assert (slim / "model.keras").stat().st_size < 0.45 * (full / "model.keras").stat().st_size
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    assert np.allclose(runs.load_model(slim)(x), model(x), atol=1e-6)
+
+
+def test_the_reference_model_is_small_loads_safely_and_scores_what_it_claims(real_cifar_dir: Path) -> None:
+    from deconv import data, inference
+
+    info = runs.reference_run()
+    assert info is not None and info.model_path.stat().st_size < 2 * 2**20
+    assert runs.model_file_problem(info.model_path, info.model_config) is None
+    model = runs.load_model(info.path)  # rebuilt from config.json, weights only
+    subset = data.validation_subset(info.train_config, data.get_data(real_cifar_dir))
+    accuracy = inference.evaluate(model, *subset)["accuracy"]
+    assert accuracy == pytest.approx(info.val_accuracy, abs=0.005) and accuracy > 0.6

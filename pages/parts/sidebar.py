@@ -13,7 +13,13 @@ def sidebar() -> None:
     with st.sidebar:
         run = state.active_run()
         st.caption("Active model")
-        if run:
+        if run and state.is_reference(run):
+            acc = run.val_accuracy
+            st.markdown("**Reference model** (shipped with the app)  \n"
+                        + (f"{acc:.1%} right on unseen CIFAR-10 test images" if acc is not None else ""),
+                        help="Trained by the command in the README; it is the active model until you train one "
+                             "or pick a saved run.")
+        elif run:
             acc = run.val_accuracy
             st.markdown(f"**{run.name}**  \n" + (f"validation accuracy {acc:.1%}" if acc is not None else "not validated"))
         else:

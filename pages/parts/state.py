@@ -36,8 +36,8 @@ def init_state() -> None:
     if CLIENT not in st.session_state:
         given = st.query_params.get(CLIENT, "")
         st.session_state[CLIENT] = given if re.fullmatch(r"[0-9a-f]{16}", given) else uuid.uuid4().hex[:16]
-    if ACTIVE_RUN not in st.session_state:
-        path = runs.run_in(runs.default_runs_dir(), st.query_params.get("model", ""))
+    if ACTIVE_RUN not in st.session_state:  # the run in the link, else the reference model shipped with the app
+        path = runs.run_in(runs.default_runs_dir(), st.query_params.get("model", "")) or reference_path()
         st.session_state[ACTIVE_RUN] = str(path) if path else None
 
 
@@ -45,8 +45,9 @@ def init_state() -> None:
 def sync_url() -> None:
     """Write the settings, the browser's id and the active run's name into the URL, if they changed."""
     wanted = {CLIENT: st.session_state[CLIENT], **settings_query()}
-    if st.session_state[ACTIVE_RUN]:
-        wanted["model"] = Path(st.session_state[ACTIVE_RUN]).name
+    active = st.session_state[ACTIVE_RUN]
+    if active and Path(active).parent == runs.default_runs_dir():  # not the reference: it is the default anyway
+        wanted["model"] = Path(active).name
     if st.query_params.to_dict() != wanted:
         st.query_params.from_dict(wanted)
 
@@ -85,6 +86,17 @@ def active_run() -> runs.RunInfo | None:
     except runs.RunError:
         st.session_state[ACTIVE_RUN] = None
         return None
+
+
+def reference_path() -> Path | None:
+    """The reference run's folder, if the app has one."""
+    reference = runs.reference_run()
+    return reference.path if reference else None
+
+
+def is_reference(run: runs.RunInfo) -> bool:
+    """Whether a run is the reference model shipped with the app."""
+    return run.path.resolve() == runs.REFERENCE_DIR.resolve()
 
 
 def set_active_run(run_dir: Path | None) -> None:
