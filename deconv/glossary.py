@@ -88,9 +88,9 @@ TERMS: dict[str, str] = {
 
 _WIDTHS = field_spec(ModelConfig, "widths")
 BLOCKS_HELP = (
-    f"how many blocks the network has ({_WIDTHS.min_len} to {_WIDTHS.max_len}); each block is a Conv2D then a "
-    "Conv2DTranspose, each followed by BatchNormalization and ReLU. More blocks see larger patterns and cost more; "
-    "each block gets its own width slider below")
+    f"how many blocks the network has ({_WIDTHS.min_len} to {_WIDTHS.max_len}); each block is a Conv2D (then a "
+    "Conv2DTranspose, with block deconvs on), each followed by BatchNormalization and ReLU; the decoder's blocks "
+    "come after them. More blocks see larger patterns and cost more; each block gets its own width slider below")
 
 
 @dataclass(frozen=True)
