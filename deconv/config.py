@@ -271,7 +271,8 @@ class DeconvShape:
 
 @dataclass(frozen=True)
 class ModelConfig(_Config):
-    """The network: `blocks` pairs of Conv2D and Conv2DTranspose blocks, then a pooling head and softmax."""
+    """The network: `blocks` Conv2D blocks (each with a Conv2DTranspose with block_deconvs), `up_blocks` decoder
+    blocks of a stride-2 Conv2DTranspose and a Conv2D, then a pooling head and softmax."""
 
     widths: tuple[int, ...] = spec((32, 64, 128), low=8, high=256, min_len=1, max_len=4, step=8,
                                    count_label="blocks", item_label="width",
@@ -286,6 +287,19 @@ class ModelConfig(_Config):
     deconv_stride: int = spec(1, low=1, high=2,
                               help="Conv2DTranspose stride: the distance between stamps (2 doubles the feature "
                                    "map: out = in x stride with padding 'same')")
+    downsample: str = spec("maxpool", choices=("stride", "maxpool"),
+                           help="how a block with conv_stride 2 halves the map: stride: the conv window jumps 2 "
+                                "pixels; maxpool (from the second block on): the conv looks at every pixel, then "
+                                "2x2 max pooling keeps the strongest of each 4 (4x the conv's FLOPs, learns faster)")
+    block_deconvs: bool = spec(False, help="end every block with a Conv2DTranspose of deconv_stride (the article's "
+                                           "conv-deconv pairs); off: the blocks are convs only and the decoder's "
+                                           "stride-2 deconvs map the features back up")
+    up_blocks: int = spec(1, low=0, high=3,
+                          help="decoder blocks after the last block, as in an encoder-decoder (U-Net): each is a "
+                               "stride-2 Conv2DTranspose that doubles the map, with the width of the block before "
+                               "(the first block's, when there is none), then a stride-1 Conv2D")
+    skips: bool = spec(True, help="U-Net skip connections: add the block output of the same size and width to each "
+                                  "decoder block's upsampled map, so the decoder sees the finer details again")
     head: str = spec("adaptive", choices=("adaptive", "flatten"),
                      help="adaptive: average the final map down to pool_size x pool_size, then Dense; "
                           "flatten: the article's Flatten then Dense, a weight for every value of the map")
@@ -298,29 +312,70 @@ class ModelConfig(_Config):
         """The number of conv + deconv block pairs."""
         return len(self.widths)
 
+    def pools(self, block: int) -> bool:
+        """Whether block `block` (from 1) halves its map by max pooling after a stride-1 conv (downsample 'maxpool')."""
+        return self.downsample == "maxpool" and self.conv_stride == 2 and block > 1
+
+    def block_sizes(self) -> list[int]:
+        """Spatial size of each block's output (after its conv, or its deconv with block_deconvs)."""
+        sizes, size = [], IMAGE_SIZE
+        for _ in self.widths:
+            size = math.ceil(size / self.conv_stride)
+            if self.block_deconvs:
+                size = size * self.deconv_stride
+            sizes.append(size)
+        return sizes
+
     def feature_sizes(self) -> list[int]:
-        """Spatial size after each conv and each deconv block, in order (padding 'same')."""
+        """Spatial size after each conv and each deconv, in order (padding 'same'): every block's conv (and deconv),
+        then every decoder block's deconv and conv."""
         sizes, size = [], IMAGE_SIZE
         for _ in self.widths:
             size = math.ceil(size / self.conv_stride)
             sizes.append(size)
-            size = size * self.deconv_stride
-            sizes.append(size)
+            if self.block_deconvs:
+                size = size * self.deconv_stride
+                sizes.append(size)
+        for _ in range(self.up_blocks):
+            size *= 2
+            sizes += [size, size]
         return sizes
 
+    def decoder(self) -> list[tuple[int, int, int, int | None]]:
+        """Each decoder block: (map size in, size out, width, index of the block whose output is added or None)."""
+        blocks = self.block_sizes()
+        out, size = [], blocks[-1]
+        for j in range(1, self.up_blocks + 1):
+            mirror = max(self.blocks - 1 - j, 0)
+            skip = mirror if self.skips and blocks[mirror] == 2 * size else None
+            out.append((size, 2 * size, self.widths[mirror], skip))
+            size *= 2
+        return out
+
     def deconv_shapes(self) -> list[DeconvShape]:
-        """The map size into and out of each transposed-conv block."""
-        sizes = self.feature_sizes()
-        return [DeconvShape(i + 1, sizes[2 * i], sizes[2 * i + 1], self.deconv_kernel, self.deconv_stride)
-                for i in range(self.blocks)]
+        """The map size into and out of each transposed-conv layer: the blocks' (with block_deconvs), then the
+        decoder's (numbered after the blocks)."""
+        shapes, size = [], IMAGE_SIZE
+        if self.block_deconvs:
+            for i in range(self.blocks):
+                size = math.ceil(size / self.conv_stride)
+                shapes.append(DeconvShape(i + 1, size, size * self.deconv_stride, self.deconv_kernel, self.deconv_stride))
+                size *= self.deconv_stride
+        shapes += [DeconvShape(self.blocks + j + 1, a, b, self.deconv_kernel, 2)
+                   for j, (a, b, _, _) in enumerate(self.decoder())]
+        return shapes
 
     def _check_together(self) -> None:
+        if not self.block_deconvs and self.up_blocks == 0:
+            raise ValueError("a deconvolutional network needs a Conv2DTranspose: turn block_deconvs on or use "
+                             "up_blocks of 1 or more")
         biggest = max(self.feature_sizes())
         if biggest > MAX_FEATURE_SIZE:
             raise ValueError(
-                f"widths has {self.blocks} blocks with conv_stride={self.conv_stride} and "
-                f"deconv_stride={self.deconv_stride}: the feature map grows to {biggest}x{biggest}, "
-                f"larger than the allowed {MAX_FEATURE_SIZE}x{MAX_FEATURE_SIZE}; use fewer blocks or other strides")
+                f"widths has {self.blocks} blocks with conv_stride={self.conv_stride}, "
+                f"deconv_stride={self.deconv_stride}{' (block deconvs on)' if self.block_deconvs else ''} and "
+                f"up_blocks={self.up_blocks}: the feature map grows to {biggest}x{biggest}, larger than the allowed "
+                f"{MAX_FEATURE_SIZE}x{MAX_FEATURE_SIZE}; use fewer blocks, fewer up_blocks or other strides")
         final = self.feature_sizes()[-1]
         if self.head == "adaptive" and self.pool_size > final:
             raise ValueError(f"pool_size={self.pool_size} is larger than the final {final}x{final} feature map: allowed 1 to {final}")
@@ -368,9 +423,9 @@ class TrainConfig(_Config):
                               "throughout")
     augment: bool = spec(True, help="show each training image flipped left-right half the time and shifted by "
                                     "up to 4 pixels, so the network learns that these do not change the class")
-    label_smoothing: float = spec(0.1, low=0.0, high=0.5, step=0.05,
-                                  help="spread this share of each target evenly over all 10 classes (0.1: the "
-                                       "true class 0.91, the others 0.01), so the network is never pushed to be "
+    label_smoothing: float = spec(0.2, low=0.0, high=0.5, step=0.05,
+                                  help="spread this share of each target evenly over all 10 classes (0.2: the "
+                                       "true class 0.82, the others 0.02), so the network is never pushed to be "
                                        "certain")
     xla: bool = spec(True, help="compile the training step with XLA (faster on CPU, a few seconds to compile)")
 
@@ -388,11 +443,13 @@ def epoch_batches(images: int, batch_size: int) -> tuple[int, int]:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # Sized for a 2-core CPU: 3x3 stride-2 convs halve the map, 2x2 stride-1 deconvs refine it, 2x2 adaptive pooling.
+    # Sized for a 2-core CPU: an encoder of 3x3 convs (stride 2, then max pooling) down to 4x4, a decoder whose
+    # stride-2 2x2 deconv maps it back up to 8x8 with a U-Net skip and a conv, 2x2 adaptive pooling.
     "default": ModelConfig(),
     # The article's exact network: three upsampling deconvs to 256x256x128, flattened into Dense.
     "article": ModelConfig(widths=(32, 64, 128), conv_kernel=3, conv_stride=1, deconv_kernel=4,
-                           deconv_stride=2, head="flatten", pool_size=1),
+                           deconv_stride=2, downsample="stride", block_deconvs=True, up_blocks=0,
+                           head="flatten", pool_size=1),
 }
 
 

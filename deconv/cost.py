@@ -105,12 +105,16 @@ class ModelCost:
                  "parameters": c.params, "MFLOPs": round(c.flops / 1e6, 2)} for c in self.layers]
 
 
-def _block(prefix: str, kind: str, size: int, cin: int, cout: int, kernel: int, in_size: int) -> list[LayerCost]:
-    """The three layers of a conv or deconv block: the convolution, BatchNormalization, ReLU."""
-    positions = size * size if kind == "Conv2D" else in_size * in_size  # a deconv spreads each input pixel
+def _block(prefix: str, kind: str, size: int, cin: int, cout: int, kernel: int, in_size: int,
+           pool: bool = False) -> list[LayerCost]:
+    """The layers of a conv or deconv block: the convolution (then 2x2 max pooling), BatchNormalization, ReLU."""
+    conv_size = in_size if pool else size  # a pooled block convolves every pixel, then halves the map
+    positions = conv_size * conv_size if kind == "Conv2D" else in_size * in_size  # a deconv spreads each input pixel
     shape = (size, size, cout)
+    conv = LayerCost(prefix, kind, (conv_size, conv_size, cout), kernel * kernel * cin * cout + cout,
+                     2 * positions * kernel * kernel * cin * cout)
     return [
-        LayerCost(prefix, kind, shape, kernel * kernel * cin * cout + cout, 2 * positions * kernel * kernel * cin * cout),
+        conv, *([LayerCost(f"{prefix}_pool", "MaxPooling2D", shape, 0, 0)] if pool else []),
         LayerCost(f"{prefix}_bn", "BatchNormalization", shape, 4 * cout, 0),
         LayerCost(f"{prefix}_relu", "ReLU", shape, 0, 0),
     ]
@@ -123,10 +127,19 @@ def describe(config: ModelConfig) -> ModelCost:
     size, channels = IMAGE_SIZE, 3
     for i, width in enumerate(config.widths, start=1):
         conv_size = next(sizes)
-        layers += _block(f"block{i}_conv", "Conv2D", conv_size, channels, width, config.conv_kernel, size)
-        deconv_size = next(sizes)
-        layers += _block(f"block{i}_deconv", "Conv2DTranspose", deconv_size, width, width, config.deconv_kernel, conv_size)
-        size, channels = deconv_size, width
+        layers += _block(f"block{i}_conv", "Conv2D", conv_size, channels, width, config.conv_kernel, size,
+                         pool=config.pools(i))
+        size, channels = conv_size, width
+        if config.block_deconvs:
+            deconv_size = next(sizes)
+            layers += _block(f"block{i}_deconv", "Conv2DTranspose", deconv_size, width, width, config.deconv_kernel, size)
+            size = deconv_size
+    for j, (_, size_out, width, skip) in enumerate(config.decoder(), start=1):
+        layers += _block(f"up{j}_deconv", "Conv2DTranspose", size_out, channels, width, config.deconv_kernel, size)
+        if skip is not None:
+            layers.append(LayerCost(f"up{j}_skip", "Add", (size_out, size_out, width), 0, 0))
+        layers += _block(f"up{j}_conv", "Conv2D", size_out, width, width, config.conv_kernel, size_out)
+        size, channels = size_out, width
     if config.head == "flatten":
         layers.append(LayerCost("flatten", "Flatten", (size * size * channels,), 0, 0))
     elif config.pool_size == 1:

@@ -59,8 +59,12 @@ def probe(model: keras.Model) -> keras.Model:
 
 
 def block_names(probe_model: keras.Model) -> list[str]:
-    """The probe's blocks in network order (blockN_conv sorts before blockN_deconv, and N is at most 4)."""
-    return sorted(n for n in probe_model.output if n != LOGITS)
+    """The probe's blocks in network order: blockN_conv, blockN_deconv, then the decoder's upN_deconv, upN_conv."""
+    def order(name: str) -> tuple[bool, int, bool]:
+        part, layer = name.split("_", 1)
+        decoder = part.startswith("up")
+        return decoder, int(part.removeprefix("up").removeprefix("block")), (layer == "conv") == decoder
+    return sorted((n for n in probe_model.output if n != LOGITS), key=order)
 
 
 def _batch(image: np.ndarray) -> tf.Tensor:

@@ -41,6 +41,14 @@ LAYERS: dict[str, str] = {
         "with padding 'same': out = in x stride; with padding 'valid': out = (in - 1) x stride + kernel. When the "
         "kernel is not a multiple of the stride, some output pixels receive more stamps than their neighbours, "
         "which can paint checkerboard patterns into the map."),
+    "MaxPooling2D": (
+        "Keeps the largest value of each 2x2 window of every channel, so the map is half as wide and high: where "
+        "a pattern was found strongly anywhere in the window survives, its exact position is forgotten. Nothing "
+        "is learnt."),
+    "Add": (
+        "A skip connection, as in a U-Net: the decoder's map, just mapped back up by a stride-2 deconvolution, and "
+        "the encoder's earlier map of the same size and width are added value by value, so the finer details the "
+        "encoder saw at that size come back. Nothing is learnt."),
     "AdaptiveAveragePooling2D": (
         "Averages a map of any size n x n down to a fixed p x p grid: each output cell is the mean of one window "
         "of the input. Window i covers rows floor(i x n / p) up to, but not including, ceil((i + 1) x n / p), and "
@@ -80,9 +88,9 @@ TERMS: dict[str, str] = {
 
 _WIDTHS = field_spec(ModelConfig, "widths")
 BLOCKS_HELP = (
-    f"how many blocks the network has ({_WIDTHS.min_len} to {_WIDTHS.max_len}); each block is a Conv2D then a "
-    "Conv2DTranspose, each followed by BatchNormalization and ReLU. More blocks see larger patterns and cost more; "
-    "each block gets its own width slider below")
+    f"how many blocks the network has ({_WIDTHS.min_len} to {_WIDTHS.max_len}); each block is a Conv2D (then a "
+    "Conv2DTranspose, with block deconvs on), each followed by BatchNormalization and ReLU; the decoder's blocks "
+    "come after them. More blocks see larger patterns and cost more; each block gets its own width slider below")
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,8 @@ def _note(layer: LayerCost, before: tuple[int, ...], config: ModelConfig) -> str
     if kind == "Rescaling":
         return f"{_shape(out)} pixels from 0-255 to 0-1 (divided by 255)"
     if kind == "Conv2D":
-        n, k, s, c_in, c_out = before[0], config.conv_kernel, config.conv_stride, before[2], out[2]
+        n, k, c_in, c_out = before[0], config.conv_kernel, before[2], out[2]
+        s = max(1, n // out[0])  # 1 for a block that max-pools afterwards and in the decoder
         size = (f"{n}x{n} → {out[0]}x{out[0]} because stride {s}: ceil({n} / {s}) = {conv_size(n, s)}" if s > 1
                 else f"{n}x{n} → {out[0]}x{out[0]}: stride 1 and padding 'same' keep the size")
         return (f"{size}; {c_out} filters, each looking at a {k}x{k} window of all {c_in} input channels "
@@ -140,11 +149,15 @@ def _note(layer: LayerCost, before: tuple[int, ...], config: ModelConfig) -> str
     if kind == "ReLU":
         return f"sets the negative values of the {_shape(out)} map to 0"
     if kind == "Conv2DTranspose":
-        n, k, s = before[0], config.deconv_kernel, config.deconv_stride
+        n, k, s = before[0], config.deconv_kernel, max(1, out[0] // before[0])  # the decoder's: always 2
         valid = deconv_size(n, k, s, "valid")
         return (f"{n}x{n} → {out[0]}x{out[0]} because stride {s}: {n} x {s} = {deconv_size(n, k, s)} "
                 f"(padding 'same'; with 'valid' it would be ({n} - 1) x {s} + {k} = {valid}); each input pixel "
                 f"stamps a {k}x{k} kernel per output channel")
+    if kind == "MaxPooling2D":
+        return f"{before[0]}x{before[0]} → {out[0]}x{out[0]}: the largest of each 2x2 window, per channel"
+    if kind == "Add":
+        return f"{_shape(out)} upsampled map + the encoder's {_shape(out)} map of the same size, value by value"
     if kind == "AdaptiveAveragePooling2D":
         n, p = before[0], out[0]
         spans = ", ".join(f"{a}-{b - 1}" for a, b in pool_windows(n, p))

@@ -12,9 +12,12 @@ from deconv.cost import describe  # noqa: F401  (re-exported: the cost of what b
 BN_MOMENTUM = 0.9
 
 
-def conv_block(x: keras.KerasTensor, filters: int, kernel: int, stride: int, name: str) -> keras.KerasTensor:
-    """Conv2D, BatchNormalization, ReLU."""
+def conv_block(x: keras.KerasTensor, filters: int, kernel: int, stride: int, name: str,
+               pool: bool = False) -> keras.KerasTensor:
+    """Conv2D (then 2x2 max pooling with `pool`), BatchNormalization, ReLU."""
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", name=name)(x)
+    if pool:
+        x = layers.MaxPooling2D(2, padding="same", name=f"{name}_pool")(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
@@ -30,9 +33,18 @@ def build_model(config: ModelConfig) -> keras.Model:
     """The network for 32x32 RGB images with pixel values 0-255, ending in a 10-way softmax."""
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
     x = layers.Rescaling(1 / 255, name="rescale")(inputs)  # scale pixels to [0, 1] inside the model
+    outputs = []
     for i, width in enumerate(config.widths, start=1):
-        x = conv_block(x, width, config.conv_kernel, config.conv_stride, f"block{i}_conv")
-        x = deconv_block(x, width, config.deconv_kernel, config.deconv_stride, f"block{i}_deconv")
+        pool = config.pools(i)
+        x = conv_block(x, width, config.conv_kernel, 1 if pool else config.conv_stride, f"block{i}_conv", pool)
+        if config.block_deconvs:
+            x = deconv_block(x, width, config.deconv_kernel, config.deconv_stride, f"block{i}_deconv")
+        outputs.append(x)
+    for j, (_, _, width, skip) in enumerate(config.decoder(), start=1):  # the decoder maps the features back up
+        x = deconv_block(x, width, config.deconv_kernel, 2, f"up{j}_deconv")
+        if skip is not None:  # U-Net: the block's map of the same size and width is added
+            x = layers.Add(name=f"up{j}_skip")([x, outputs[skip]])
+        x = conv_block(x, width, config.conv_kernel, 1, f"up{j}_conv")
     if config.head == "flatten":
         x = layers.Flatten(name="flatten")(x)
     elif config.pool_size == 1:
@@ -41,8 +53,8 @@ def build_model(config: ModelConfig) -> keras.Model:
     else:
         x = layers.AdaptiveAveragePooling2D(config.pool_size, name="pool")(x)
         x = layers.Flatten(name="flatten")(x)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="classifier")(x)
-    return keras.Model(inputs, outputs, name="deconv_net")
+    probabilities = layers.Dense(NUM_CLASSES, activation="softmax", name="classifier")(x)
+    return keras.Model(inputs, probabilities, name="deconv_net")
 
 
 def block_outputs(model: keras.Model) -> keras.Model:

@@ -87,7 +87,9 @@ def test_a_width_slider_changes_the_parameter_count(app_env: Path, page) -> None
     after = metric(at, "Parameters")
     assert before == f"{DEFAULT_PARAMS:,}" and int(after.replace(",", "")) > DEFAULT_PARAMS
     at.slider(key="w.model_config.blocks").set_value(1).run()
-    assert len(at.dataframe[0].value) == 1 + 6 + 3  # rescale, one block of 6 layers, pool, flatten, classifier
+    # rescale, one block's conv (3 layers), the decoder's deconv and conv (6; no skip: no block map is 32x32), pool,
+    # flatten, classifier
+    assert len(at.dataframe[0].value) == 1 + 3 + 6 + 3
 
 
 def test_the_article_preset_updates_the_table_and_warns_of_its_cost(app_env: Path, page) -> None:
@@ -103,10 +105,15 @@ def test_the_article_preset_updates_the_table_and_warns_of_its_cost(app_env: Pat
 
 def test_an_impossible_combination_is_refused_with_a_reason(app_env: Path, page) -> None:
     at = page("pages/architecture.py")
+    at.session_state["model_config"] = PAIRS  # the page has no switch for block deconvs yet
+    at.run()
     at.slider(key="w.model_config.conv_stride").set_value(1).run()
     at.slider(key="w.model_config.deconv_stride").set_value(2).run()
     at.slider(key="w.model_config.blocks").set_value(4).run()
     assert "512x512" in at.error[0].value and at.session_state["model_config"].blocks == 3
+
+
+PAIRS = ModelConfig(block_deconvs=True, up_blocks=0, downsample="stride")  # the earlier default: conv-deconv pairs
 
 
 def small_training(at: AppTest, epochs: int) -> AppTest:
@@ -318,6 +325,9 @@ def test_settings_come_from_the_url_clamped_with_a_note_and_a_link_shares_them(a
 
 def test_the_deconv_shape_calculator_warns_of_uneven_overlap(app_env: Path, page) -> None:
     at = page("pages/architecture.py")
+    assert list(at.dataframe[1].value["output"]) == ["8x8"]  # the default's one deconv: the decoder's, 4x4 -> 8x8
+    at.session_state["model_config"] = PAIRS  # the page has no switch for block deconvs yet
+    at.run()
     table = at.dataframe[1].value
     assert list(table["output"]) == ["16x16", "8x8", "4x4"] and set(table["overlap"]) == {"even"}
     assert not at.warning

@@ -18,7 +18,8 @@ from deconv.config import ModelConfig, TrainConfig
 from deconv.model import build_model
 from deconv.samples import LABELS, synthetic_images
 
-CONFIG = ModelConfig(widths=(8, 16), deconv_stride=2)  # each deconv doubles its map: 16 -> 32 -> 16 -> 32
+# each deconv doubles its map: 16 -> 32 -> 16 -> 32
+CONFIG = ModelConfig(widths=(8, 16), deconv_stride=2, block_deconvs=True, up_blocks=0)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ def test_every_numeric_bound_is_enforced_with_a_message_naming_field_value_and_r
                 cls(**{f.name: bad})
             message = str(err.value)
             assert f.name in message and str(bad) in message and "allowed" in message
-        cls(**{f.name: s.low})
+        cls(**{f.name: s.low, **({"block_deconvs": True} if f.name == "up_blocks" else {})})  # a deconv remains
         cls(**{f.name: s.high}) if f.name != "pool_size" else None
 
 
@@ -61,9 +61,11 @@ def test_choices_and_cross_field_checks() -> None:
     with pytest.raises(ValueError, match="head='dense' is not allowed: must be one of adaptive, flatten"):
         ModelConfig(head="dense")
     with pytest.raises(ValueError, match="512x512"):
-        ModelConfig(widths=(8, 8, 8, 8), conv_stride=1, deconv_stride=2)
+        ModelConfig(widths=(8, 8, 8, 8), conv_stride=1, deconv_stride=2, block_deconvs=True, up_blocks=0)
     with pytest.raises(ValueError, match="pool_size=8 is larger than the final 4x4"):
-        ModelConfig(pool_size=8)
+        ModelConfig(pool_size=8, up_blocks=0, block_deconvs=True)
+    with pytest.raises(ValueError, match="needs a Conv2DTranspose"):
+        ModelConfig(up_blocks=0, block_deconvs=False)
 
 
 def test_from_dict_rejects_unknown_keys_and_non_objects() -> None:
@@ -81,7 +83,9 @@ def test_whole_floats_are_accepted_as_ints_as_json_may_write_them() -> None:
 def test_presets() -> None:
     assert preset("article") == PRESETS["article"]
     assert PRESETS["article"].to_dict() == {"widths": [32, 64, 128], "conv_kernel": 3, "conv_stride": 1,
-                                            "deconv_kernel": 4, "deconv_stride": 2, "head": "flatten", "pool_size": 1}
+                                            "deconv_kernel": 4, "deconv_stride": 2, "downsample": "stride",
+                                            "block_deconvs": True, "up_blocks": 0, "skips": True,
+                                            "head": "flatten", "pool_size": 1}
     assert PRESETS["default"].head == "adaptive"
     with pytest.raises(ValueError, match="preset='big' is not allowed: must be one of default, article"):
         preset("big")
@@ -105,6 +109,7 @@ def test_settings_round_trip_through_the_url(config) -> None:
 def test_defaults_are_left_out_of_the_url() -> None:
     assert ModelConfig().to_query() == {} and TrainConfig(epochs=3).to_query() == {"epochs": "3"}
     assert PRESETS["article"].to_query() == {"conv_stride": "1", "deconv_kernel": "4", "deconv_stride": "2",
+                                             "downsample": "stride", "block_deconvs": "true", "up_blocks": "0",
                                              "head": "flatten", "pool_size": "1"}
 
 
@@ -127,8 +132,10 @@ def test_bad_train_settings_in_a_url_are_clamped_with_a_note(params, expected, w
     ({"widths": "9999,3,64"}, {"widths": (256, 8, 64)}, "using 256,8,64"),
     ({"widths": "8,8,8,8,8,8"}, {"widths": (8, 8, 8, 8)}, "1 to 4 values"),
     ({"widths": "a,b"}, {}, "not a list of numbers"),
-    ({"pool_size": "8"}, {"pool_size": 4}, "pool_size=8 does not fit the other settings: using 4"),
-    ({"widths": "32,32,32,32", "conv_stride": "1", "deconv_stride": "2"}, {}, "512x512"),
+    ({"pool_size": "8", "up_blocks": "0", "block_deconvs": "true"}, {"pool_size": 4, "up_blocks": 0, "block_deconvs": True},
+     "pool_size=8 does not fit the other settings: using 4"),
+    ({"widths": "32,32,32,32", "conv_stride": "1", "deconv_stride": "2", "block_deconvs": "true",
+      "up_blocks": "0"}, {}, "512x512"),
     ({"head": "dense"}, {}, "not one of adaptive, flatten"),
 ])
 def test_bad_model_settings_in_a_url_are_clamped_with_a_note(params, expected, words: str) -> None:
@@ -140,6 +147,18 @@ def test_deconv_shapes_and_the_checkerboard_rule() -> None:
     article = PRESETS["article"].deconv_shapes()
     assert [(d.size_in, d.size_out) for d in article] == [(32, 64), (64, 128), (128, 256)]
     assert not any(d.uneven for d in article)  # kernel 4, stride 2
-    assert [(d.size_in, d.size_out) for d in ModelConfig().deconv_shapes()] == [(16, 16), (8, 8), (4, 4)]
-    assert all(d.uneven for d in ModelConfig(deconv_stride=2, deconv_kernel=3).deconv_shapes())
-    assert not any(d.uneven for d in ModelConfig(deconv_stride=1, deconv_kernel=3).deconv_shapes())
+    assert [(d.size_in, d.size_out, d.stride) for d in ModelConfig().deconv_shapes()] == [(4, 8, 2)]  # the decoder's
+    pairs = ModelConfig(block_deconvs=True, up_blocks=0, downsample="stride")
+    assert [(d.size_in, d.size_out) for d in pairs.deconv_shapes()] == [(16, 16), (8, 8), (4, 4)]
+    assert all(d.uneven for d in pairs.replace(deconv_stride=2, deconv_kernel=3).deconv_shapes())
+    assert not any(d.uneven for d in pairs.replace(deconv_stride=1, deconv_kernel=3).deconv_shapes())
+    assert ModelConfig(deconv_kernel=3).deconv_shapes()[0].uneven  # the decoder's deconvs have stride 2
+
+
+def test_encoder_decoder_shapes_and_skips() -> None:
+    config = ModelConfig()
+    assert config.feature_sizes() == [16, 8, 4, 8, 8] and config.decoder() == [(4, 8, 64, 1)]
+    assert ModelConfig(up_blocks=2).decoder() == [(4, 8, 64, 1), (8, 16, 32, 0)]
+    assert ModelConfig(up_blocks=3).decoder()[-1] == (16, 32, 32, None)  # no block output is 32x32: no skip
+    assert ModelConfig(skips=False).decoder() == [(4, 8, 64, None)]
+    assert ModelConfig(widths=(8,)).decoder() == [(16, 32, 8, None)]

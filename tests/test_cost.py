@@ -11,7 +11,9 @@ from deconv.model import block_outputs, build_model
 
 CONFIGS = [PRESETS["default"], PRESETS["article"], ModelConfig(widths=(8,), head="flatten"),
            ModelConfig(widths=(16, 24), conv_kernel=5, conv_stride=1, deconv_kernel=3, deconv_stride=2, pool_size=3),
-           ModelConfig(widths=(8, 8, 8, 8), conv_stride=2, deconv_stride=1, conv_kernel=1, deconv_kernel=7)]
+           ModelConfig(widths=(8, 8, 8, 8), conv_stride=2, deconv_stride=1, conv_kernel=1, deconv_kernel=7),
+           ModelConfig(widths=(8, 16, 24), block_deconvs=True, up_blocks=3, deconv_kernel=4, pool_size=4),
+           ModelConfig(widths=(8, 16), downsample="stride", skips=False, head="flatten")]
 
 
 def test_article_preset_has_the_articles_parameter_count() -> None:

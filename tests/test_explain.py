@@ -52,17 +52,21 @@ def patch_model() -> keras.Model:
 def test_feature_maps_of_the_default_network_have_each_blocks_shape() -> None:
     config = ModelConfig()
     maps = explain.feature_maps(explain.probe(build_model(config)), scenes(1, np.random.default_rng(1))[0][0])
-    sizes, widths = config.feature_sizes(), [w for w in config.widths for _ in range(2)]
+    assert [m.label for m in maps] == ["block1_conv 16x16x32", "block2_conv 8x8x64", "block3_conv 4x4x128",
+                                       "up1_deconv 8x8x64", "up1_conv 8x8x64"]  # the decoder maps 4x4 back up
+    assert maps[1].summary == "16 most active of 64 channels"
+    pairs = ModelConfig(block_deconvs=True, up_blocks=0, downsample="stride")  # the article's conv-deconv pairs
+    maps = explain.feature_maps(explain.probe(build_model(pairs)), scenes(1, np.random.default_rng(1))[0][0])
+    sizes, widths = pairs.feature_sizes(), [w for w in pairs.widths for _ in range(2)]
     assert [m.label for m in maps] == [f"block{i // 2 + 1}_{('conv', 'deconv')[i % 2]} {s}x{s}x{w}"
                                        for i, (s, w) in enumerate(zip(sizes, widths))]
-    assert maps[1].label == "block1_deconv 16x16x32" and maps[1].summary == "16 most active of 32 channels"
     for m in maps:
         assert m.tiles.shape == (explain.CHANNELS, m.shape[0], m.shape[1]) and len(set(m.channels)) == explain.CHANNELS
         assert m.tiles.min() >= 0 and m.tiles.max() == 1 and max(m.channels) < m.shape[2]
 
 
 def test_a_stride_2_deconv_maps_its_features_up_to_a_larger_map() -> None:
-    config = ModelConfig(widths=(8, 16), deconv_stride=2)
+    config = ModelConfig(widths=(8, 16), deconv_stride=2, block_deconvs=True, up_blocks=0)
     maps = explain.feature_maps(explain.probe(build_model(config)), scenes(1, np.random.default_rng(2))[0][0])
     assert [(m.name, m.shape) for m in maps] == [("block1_conv", (16, 16, 8)), ("block1_deconv", (32, 32, 8)),
                                                  ("block2_conv", (16, 16, 16)), ("block2_deconv", (32, 32, 16))]

@@ -30,7 +30,8 @@ def test_every_row_of_the_table_gets_a_note(config: ModelConfig) -> None:
 
 def test_all_layer_types_the_builder_can_make_are_covered() -> None:
     assert set(glossary.LAYERS) == {"Rescaling", "Conv2D", "BatchNormalization", "ReLU", "Conv2DTranspose",
-                                    "AdaptiveAveragePooling2D", "GlobalAveragePooling2D", "Flatten", "Dense"}
+                                    "MaxPooling2D", "Add", "AdaptiveAveragePooling2D", "GlobalAveragePooling2D", "Flatten",
+                                    "Dense"}
     assert {"label smoothing", "augmentation"} <= set(glossary.TERMS)
     assert any("warmup-cosine" in term for term in glossary.TERMS)
 
@@ -41,7 +42,8 @@ def test_the_transposed_convolution_text_gives_both_padding_formulas() -> None:
 
 
 def test_deconv_notes_do_the_upsampling_arithmetic_of_a_stride_2_network() -> None:
-    config = ModelConfig(widths=(32, 64, 128), conv_stride=1, deconv_kernel=4, deconv_stride=2, head="flatten")
+    config = ModelConfig(widths=(32, 64, 128), conv_stride=1, deconv_kernel=4, deconv_stride=2, head="flatten",
+                         block_deconvs=True, up_blocks=0)
     sizes = config.feature_sizes()
     notes = {r.layer: r.note for r in glossary.notes(config)}
     for i in range(config.blocks):
@@ -53,7 +55,8 @@ def test_deconv_notes_do_the_upsampling_arithmetic_of_a_stride_2_network() -> No
 
 
 def test_conv_notes_do_the_downsampling_arithmetic() -> None:
-    config = ModelConfig(widths=(8, 8, 8), conv_stride=2, deconv_stride=1)
+    config = ModelConfig(widths=(8, 8, 8), conv_stride=2, deconv_stride=1, downsample="stride", block_deconvs=True,
+                         up_blocks=0)
     sizes = config.feature_sizes()
     notes = {r.layer: r.note for r in glossary.notes(config)}
     assert notes["block1_conv"].startswith(f"32x32 → {sizes[0]}x{sizes[0]} because stride 2: ceil(32 / 2) = 16")
@@ -82,7 +85,8 @@ def test_the_pool_window_formula_is_what_keras_computes(size_in: int, size_out: 
 
 
 def test_the_pool_note_lists_this_networks_windows() -> None:
-    note = {r.layer: r.note for r in glossary.notes(ModelConfig(widths=(8,), pool_size=3))}["pool"]
+    note = {r.layer: r.note for r in glossary.notes(ModelConfig(widths=(8,), pool_size=3, block_deconvs=True,
+                                                                       up_blocks=0))}["pool"]
     assert note.startswith("16x16 → 3x3: windows over rows (and columns) 0-5, 5-10, 10-15, each 6 wide")
 
 
@@ -106,8 +110,8 @@ def test_the_architecture_page_explains_the_chosen_layer_type(page) -> None:
     assert box.options == list(dict.fromkeys(c.kind for c in describe(ModelConfig()).layers))
     box.set_value("AdaptiveAveragePooling2D").run()
     text = " ".join(m.value for m in at.markdown)
-    assert "floor(i x n / p)" in text and "`pool`: 4x4 → 2x2" in text
+    assert "floor(i x n / p)" in text and "`pool`: 8x8 → 2x2" in text
     at.radio(key="w.model_config.head").set_value("flatten").run()  # the chosen type is gone from the table
     assert not at.exception and "AdaptiveAveragePooling2D" not in at.selectbox(key="architecture.layer_type").options
     at.selectbox(key="architecture.layer_type").set_value("Flatten").run()
-    assert "`flatten`: 4x4x128 → 2,048 numbers in one row" in " ".join(m.value for m in at.markdown)
+    assert "`flatten`: 8x8x64 → 4,096 numbers in one row" in " ".join(m.value for m in at.markdown)
