@@ -31,6 +31,7 @@ class Spec:
     kind: str = "int"  # "int", "float", "bool", "choice" or "list" (of whole numbers): set by `spec` from the default
     count_label: str = ""  # a list field: the name of its length as the app shows it ("blocks" for widths)
     item_label: str = ""  # ... and of one value ("width" for widths: "width 1", "width 2", ...)
+    legacy: Any = None  # for a field added later: the value that means "as before", for saved configs without it
 
     def parse(self, text: str) -> Any:
         """A value as a link or a flag writes it ('32,64' for a list, 'true' or 'no' for a switch).
@@ -164,7 +165,9 @@ class _Config:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(map(str, unknown))}; known: {', '.join(sorted(known))}")
-        return cls(**data)
+        before = {f.name: f.metadata["spec"].legacy for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                  if f.name not in data and f.metadata["spec"].legacy is not None}
+        return cls(**before, **data)  # a config saved before a field existed keeps the network it described
 
     def replace(self, **changes: Any) -> Any:
         """A copy with some fields changed (validated again)."""
@@ -262,6 +265,7 @@ class DeconvShape:
     size_out: int
     kernel: int
     stride: int
+    layer: str = ""  # the Keras layer's name: blockN_deconv, or upN_deconv in the decoder
 
     @property
     def uneven(self) -> bool:
@@ -287,18 +291,18 @@ class ModelConfig(_Config):
     deconv_stride: int = spec(1, low=1, high=2,
                               help="Conv2DTranspose stride: the distance between stamps (2 doubles the feature "
                                    "map: out = in x stride with padding 'same')")
-    downsample: str = spec("maxpool", choices=("stride", "maxpool"),
+    downsample: str = spec("maxpool", choices=("stride", "maxpool"), legacy="stride",
                            help="how a block with conv_stride 2 halves the map: stride: the conv window jumps 2 "
                                 "pixels; maxpool (from the second block on): the conv looks at every pixel, then "
                                 "2x2 max pooling keeps the strongest of each 4 (4x the conv's FLOPs, learns faster)")
-    block_deconvs: bool = spec(False, help="end every block with a Conv2DTranspose of deconv_stride (the article's "
+    block_deconvs: bool = spec(False, legacy=True, help="end every block with a Conv2DTranspose of deconv_stride (the article's "
                                            "conv-deconv pairs); off: the blocks are convs only and the decoder's "
                                            "stride-2 deconvs map the features back up")
-    up_blocks: int = spec(1, low=0, high=3,
+    up_blocks: int = spec(1, low=0, high=3, legacy=0,
                           help="decoder blocks after the last block, as in an encoder-decoder (U-Net): each is a "
                                "stride-2 Conv2DTranspose that doubles the map, with the width of the block before "
                                "(the first block's, when there is none), then a stride-1 Conv2D")
-    skips: bool = spec(True, help="U-Net skip connections: add the block output of the same size and width to each "
+    skips: bool = spec(True, legacy=False, help="U-Net skip connections: add the block output of the same size and width to each "
                                   "decoder block's upsampled map, so the decoder sees the finer details again")
     head: str = spec("adaptive", choices=("adaptive", "flatten"),
                      help="adaptive: average the final map down to pool_size x pool_size, then Dense; "
@@ -359,9 +363,10 @@ class ModelConfig(_Config):
         if self.block_deconvs:
             for i in range(self.blocks):
                 size = math.ceil(size / self.conv_stride)
-                shapes.append(DeconvShape(i + 1, size, size * self.deconv_stride, self.deconv_kernel, self.deconv_stride))
+                shapes.append(DeconvShape(i + 1, size, size * self.deconv_stride, self.deconv_kernel, self.deconv_stride,
+                                          f"block{i + 1}_deconv"))
                 size *= self.deconv_stride
-        shapes += [DeconvShape(self.blocks + j + 1, a, b, self.deconv_kernel, 2)
+        shapes += [DeconvShape(self.blocks + j + 1, a, b, self.deconv_kernel, 2, f"up{j + 1}_deconv")
                    for j, (a, b, _, _) in enumerate(self.decoder())]
         return shapes
 

@@ -71,8 +71,8 @@ LAYERS: dict[str, str] = {
 TERMS: dict[str, str] = {
     "label smoothing": (
         "Instead of training towards a target of 1 for the true class and 0 for the others, a share s of the "
-        "target is spread evenly over all 10 classes: with s = 0.1 the true class's target becomes 0.91 and every "
-        "other class's 0.01. The network is then never pushed to be 100 percent sure, which tends to make it "
+        "target is spread evenly over all 10 classes: with s = 0.2 (the default) the true class's target becomes 0.82 and every "
+        "other class's 0.02. The network is then never pushed to be 100 percent sure, which tends to make it "
         "generalise better and its probabilities more honest."),
     "augmentation": (
         "Each time a training image is used it is changed a little at random: flipped left-right half of the "

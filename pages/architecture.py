@@ -22,12 +22,16 @@ def use_preset(name: str) -> None:
 
 
 st.title("Architecture")
-st.markdown("Choose the blocks of the network. Each block is a Conv2D block followed by a Conv2DTranspose "
-            "(deconv) block, each with BatchNormalization and ReLU; the cost below updates as you move a slider.")
+st.markdown("Choose the blocks of the network. An **encoder** of Conv2D blocks makes the feature maps smaller and "
+            "deeper; Conv2DTranspose (deconv) layers map them back up to larger maps: in a **decoder** after the "
+            "blocks (each decoder block doubles the map and can add the encoder's map of that size, as in a U-Net), "
+            "or, as in the article, at the end of every block. Every conv and deconv has BatchNormalization and "
+            "ReLU; the cost below updates as you move a slider.")
 
 a, b, _ = st.columns([1, 1, 3])
 a.button("Fast default", on_click=use_preset, args=("default",), icon=":material/bolt:",
-         help="3 blocks sized for a 2-core CPU: trains in seconds")
+         help="sized for a 2-core CPU: 3 conv blocks down to 4x4, one stride-2 deconv back up to 8x8 with a "
+              "skip connection, adaptive pooling; trains in about a minute")
 b.button("The article's network", on_click=use_preset, args=("article",), icon=":material/menu_book:",
          help="the exact network of the article: 84,325,418 parameters")
 settings.config_error(MODEL)
@@ -41,8 +45,13 @@ with left:
     c1, c2 = st.columns(2)
     config_widget(MODEL, "conv_kernel", "Conv kernel", container=c1)
     config_widget(MODEL, "conv_stride", "Conv stride", container=c2)
+    config_widget(MODEL, "downsample", "Downsample (blocks with conv stride 2)")
+    config_widget(MODEL, "up_blocks", "Decoder blocks (stride-2 deconv + conv)", container=c1)
+    config_widget(MODEL, "skips", "Skip connections (U-Net)", container=c2)
     config_widget(MODEL, "deconv_kernel", "Deconv kernel", container=c1)
-    config_widget(MODEL, "deconv_stride", "Deconv stride", container=c2)
+    config_widget(MODEL, "block_deconvs", "A deconv in every block", container=c2)
+    if st.session_state[MODEL].block_deconvs:
+        config_widget(MODEL, "deconv_stride", "Block deconv stride", container=c2)
     config_widget(MODEL, "head", "Head")
     config = st.session_state[MODEL]
     if config.head == "adaptive":
@@ -80,14 +89,14 @@ with right:
 
     st.subheader("Deconv shape calculator")
     shapes = config.deconv_shapes()
-    st.dataframe([{"block": f"block{d.block}_deconv", "input": f"{d.size_in}x{d.size_in}",
+    st.dataframe([{"layer": d.layer, "input": f"{d.size_in}x{d.size_in}",
                    "output": f"{d.size_out}x{d.size_out}", "kernel": d.kernel, "stride": d.stride,
                    "overlap": "uneven: checkerboard risk" if d.uneven else "even"} for d in shapes],
                  hide_index=True, width="stretch")
     st.caption("With padding 'same' a transposed convolution's output is its input times the stride "
                "(with 'valid' it would be (input − 1) × stride + kernel).")
     if any(d.uneven for d in shapes):
-        d = shapes[0]
+        d = next(d for d in shapes if d.uneven)
         st.warning(f"**Checkerboard risk:** kernel {d.kernel} is not divisible by stride {d.stride}, so neighbouring "
                    "output pixels receive different numbers of kernel contributions, the uneven overlap that "
                    "paints checkerboard patterns into upsampled maps. Use a kernel that is a multiple of the "

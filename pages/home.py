@@ -15,14 +15,18 @@ st.markdown(
 
 st.subheader("The idea")
 st.markdown(
-    "Conv2D blocks extract features; Conv2DTranspose (*deconv*) blocks map them back up to larger feature "
-    "maps; an adaptive pooling head summarises each channel to a fixed size; a softmax layer classifies. "
-    "For an input of size $i$, kernel $k$, stride $s$ and `same` padding:")
+    "Conv2D blocks extract features and make the maps smaller; Conv2DTranspose (*deconv*) layers map them back "
+    "up to larger feature maps; an adaptive pooling head summarises each channel to a fixed size; a softmax "
+    "layer classifies. The article puts a deconv after every conv block and upsamples three times, to 256x256. "
+    "The fast default is an encoder-decoder: three conv blocks take a 32x32 image down to 4x4x128, then a "
+    "stride-2 deconv maps it back up to 8x8, where the encoder's own 8x8 map is added (a U-Net skip) and a "
+    "conv follows, before the pooling head. For an input of size $i$, kernel $k$, stride $s$ and `same` padding:")
 st.latex(r"\text{conv: } o = \left\lceil \tfrac{i}{s} \right\rceil \qquad "
          r"\text{deconv: } o = i \cdot s \qquad "
          r"\text{adaptive pool: } o = p \;\text{(any } i\text{)}")
 st.latex(r"\hat{y} = \operatorname{softmax}\!\Big(W \cdot \operatorname{pool}_p\big(\,"
-         r"\underbrace{D_n \circ C_n \circ \cdots \circ D_1 \circ C_1}_{\text{conv } C_j\text{, deconv } D_j}(x)\big) + b\Big)")
+         r"\underbrace{U_m \circ \cdots \circ U_1}_{\text{decoder: deconv } \uparrow 2\text{, skip, conv}}"
+         r"\circ \underbrace{B_n \circ \cdots \circ B_1}_{\text{blocks: conv (and deconv)}}(x)\big) + b\Big)")
 
 st.subheader("The data")
 try:

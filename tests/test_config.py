@@ -162,3 +162,12 @@ def test_encoder_decoder_shapes_and_skips() -> None:
     assert ModelConfig(up_blocks=3).decoder()[-1] == (16, 32, 32, None)  # no block output is 32x32: no skip
     assert ModelConfig(skips=False).decoder() == [(4, 8, 64, None)]
     assert ModelConfig(widths=(8,)).decoder() == [(16, 32, 8, None)]
+
+
+def test_a_config_saved_before_the_decoder_fields_existed_keeps_its_network() -> None:
+    old = {"widths": [32, 64, 128], "conv_kernel": 3, "conv_stride": 2, "deconv_kernel": 2, "deconv_stride": 1,
+           "head": "adaptive", "pool_size": 2}  # a run's config.json from before downsample, up_blocks, ...
+    config = ModelConfig.from_dict(old)
+    assert (config.downsample, config.block_deconvs, config.up_blocks, config.skips) == ("stride", True, 0, False)
+    assert config.feature_sizes() == [16, 16, 8, 8, 4, 4]
+    assert ModelConfig.from_query({"deconv_kernel": "2"})[0].up_blocks == 1  # a link without them: today's defaults
