@@ -45,9 +45,10 @@ def median(values: list[float]) -> float:
 def time_to_accuracy(repeats: int) -> dict:
     """`python -m deconv train` with its defaults: validation accuracy after each epoch against train seconds."""
     finals, seconds, curves = [], [], []
-    for _ in range(repeats):
+    for seed in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
-            out = subprocess.run([PY, "-m", "deconv", "train", "--out", f"{tmp}/run", "--progress", f"{tmp}/p.jsonl"],
+            out = subprocess.run([PY, "-m", "deconv", "train", "--seed", str(seed), "--out", f"{tmp}/run",
+                                  "--progress", f"{tmp}/p.jsonl"],
                                  cwd=ROOT, capture_output=True, text=True, timeout=1800)
             if out.returncode != 0:
                 raise RuntimeError(out.stderr[-2000:])
@@ -56,7 +57,16 @@ def time_to_accuracy(repeats: int) -> dict:
             curves.append([(round(e["elapsed"], 1), round(e["val_accuracy"], 4)) for e in epochs if e["event"] == "epoch"])
             finals.append(summary["val_accuracy"])
             seconds.append(summary["train_seconds"])
-    return {"val_accuracy": median(finals), "train_seconds": median(seconds), "runs": curves}
+    def reached(curve: list, target: float) -> float | None:
+        return next((t for t, a in curve if a >= target), None)
+
+    def median_or_none(values: list) -> float | None:
+        return median(values) if values and None not in values else None
+
+    return {"val_accuracy": median(finals), "train_seconds": median(seconds),
+            "accuracy_at_60s": median([max([a for t, a in c if t <= 60] or [0.0]) for c in curves]),
+            "seconds_to_60": median_or_none([reached(c, 0.6) for c in curves]),
+            "seconds_to_70": median_or_none([reached(c, 0.7) for c in curves]), "runs": curves}
 
 
 def app_path_ratio(repeats: int) -> dict:
@@ -116,6 +126,23 @@ def first_batch(repeats: int) -> dict:
     return {k: median(v) for k, v in seconds.items()}
 
 
+def throughput(r: int) -> dict:
+    """Training speed of the default and the article's network, and of the default trained the plain Keras way."""
+    batch = TrainConfig().batch_size  # the default's
+    default = [child("throughput", preset_name="default", batch=batch, steps=5120 // batch, warm=3)
+               for _ in range(r)]
+    plain = [child("plain_keras", batch=batch, steps=5120 // batch) for _ in range(r)]
+    article = [child("throughput", timeout=1800, preset_name="article", batch=8, steps=2, warm=1) for _ in range(r)]
+    return {
+        "default_images_per_second": median([d["images_per_second"] for d in default]),
+        "article_images_per_second": median([a["images_per_second"] for a in article]),
+        "default_over_article": median([d["images_per_second"] / a["images_per_second"] for d, a in zip(default, article)]),
+        "plain_keras_images_per_second": median([p["images_per_second"] for p in plain]),
+        "default_over_plain_keras": median([d["images_per_second"] / p["images_per_second"] for d, p in zip(default, plain)]),
+        "default_train_gflops": median([d["train_gflops"] for d in default]),
+        "article_train_gflops": median([a["train_gflops"] for a in article])}
+
+
 def cold_start(repeats: int) -> dict:
     """Seconds from `streamlit run app.py` to its health check answering, and to the Home page drawn in Chromium."""
     import importlib.util
@@ -168,30 +195,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="skip time-to-accuracy and the app path")
+    parser.add_argument("--only", help="comma-separated measurements to make (e.g. time_to_accuracy,first_batch); "
+                                       "results.json keeps the others' earlier figures")
     args = parser.parse_args()
     r = args.repeats
     results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"}
+    only = set(args.only.split(",")) if args.only else None
+    if only:
+        results = {**json.loads((ROOT / "bench" / "results.json").read_text()), **results}
 
     def run(name: str, fn) -> None:
+        if only and name not in only:
+            return
         t = time.perf_counter()
         results[name] = fn()
         print(f"{name:20s} {json.dumps(results[name])[:200]}  ({time.perf_counter() - t:.0f} s)", flush=True)
 
     run("matmul", lambda: {"gflops": median([child("matmul")["gflops"] for _ in range(r)])})
-    batch = TrainConfig().batch_size  # the default's
-    default = [child("throughput", preset_name="default", batch=batch, steps=5120 // batch, warm=3)
-               for _ in range(r)]
-    plain = [child("plain_keras", batch=batch, steps=5120 // batch) for _ in range(r)]
-    article = [child("throughput", timeout=1800, preset_name="article", batch=8, steps=2, warm=1) for _ in range(r)]
-    run("throughput", lambda: {
-        "default_images_per_second": median([d["images_per_second"] for d in default]),
-        "article_images_per_second": median([a["images_per_second"] for a in article]),
-        "default_over_article": median([d["images_per_second"] / a["images_per_second"] for d, a in zip(default, article)]),
-        "plain_keras_images_per_second": median([p["images_per_second"] for p in plain]),
-        "default_over_plain_keras": median([d["images_per_second"] / p["images_per_second"] for d, p in zip(default, plain)]),
-        "default_train_gflops": median([d["train_gflops"] for d in default]),
-        "article_train_gflops": median([a["train_gflops"] for a in article])})
-    results["utilisation"] = round(results["throughput"]["default_train_gflops"] / results["matmul"]["gflops"], 3)
+    run("throughput", lambda: throughput(r))
+    if "throughput" in results and "matmul" in results:
+        results["utilisation"] = round(results["throughput"]["default_train_gflops"] / results["matmul"]["gflops"], 3)
     run("classify_latency", lambda: {k: median([c[k] for c in [child("latency") for _ in range(r)]])
                                      for k in ("p50_ms", "p95_ms", "batch64_ms")})
     run("peak_rss_50k", lambda: child("peak_rss"))
