@@ -46,12 +46,13 @@ with left:
     config_widget(MODEL, "conv_kernel", "Conv kernel", container=c1)
     config_widget(MODEL, "conv_stride", "Conv stride", container=c2)
     config_widget(MODEL, "downsample", "Downsample (blocks with conv stride 2)")
-    config_widget(MODEL, "up_blocks", "Decoder blocks (stride-2 deconv + conv)", container=c1)
-    config_widget(MODEL, "skips", "Skip connections (U-Net)", container=c2)
-    config_widget(MODEL, "deconv_kernel", "Deconv kernel", container=c1)
-    config_widget(MODEL, "block_deconvs", "A deconv in every block", container=c2)
+    d1, d2 = st.columns(2)
+    config_widget(MODEL, "up_blocks", "Decoder blocks", container=d1)
+    config_widget(MODEL, "deconv_kernel", "Deconv kernel", container=d2)
+    config_widget(MODEL, "skips", "Skip connections (U-Net)")
+    config_widget(MODEL, "block_deconvs", "A deconv in every block (the article's)")
     if st.session_state[MODEL].block_deconvs:
-        config_widget(MODEL, "deconv_stride", "Block deconv stride", container=c2)
+        config_widget(MODEL, "deconv_stride", "Block deconv stride")
     config_widget(MODEL, "head", "Head")
     config = st.session_state[MODEL]
     if config.head == "adaptive":
