@@ -256,8 +256,8 @@ def reference_run() -> RunInfo | None:
     """The small run shipped with the app, the active model until a visitor trains or picks another; None if absent
     or unreadable (a checkout without it still works)."""
     try:
-        return read_run(REFERENCE_DIR)
-    except RunError:
+        return _read_cached(REFERENCE_DIR)  # every Classify rerun asks: parsed again only when its files change
+    except (RunError, OSError):
         return None
 
 
