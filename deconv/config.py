@@ -266,11 +266,13 @@ class DeconvShape:
     kernel: int
     stride: int
     layer: str = ""  # the Keras layer's name: blockN_deconv, or upN_deconv in the decoder
+    resize: bool = False  # upsample 'resize': UpSampling2D then a Conv2D, every output pixel sees the same overlap
 
     @property
     def uneven(self) -> bool:
-        """The kernel is not a multiple of the stride: output pixels get unequal overlap (checkerboard artifacts)."""
-        return self.kernel % self.stride != 0
+        """A transposed conv whose kernel is not a multiple of the stride: output pixels get unequal overlap
+        (checkerboard artifacts)."""
+        return not self.resize and self.kernel % self.stride != 0
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,11 @@ class ModelConfig(_Config):
     deconv_stride: int = spec(1, low=1, high=2,
                               help="Conv2DTranspose stride: the distance between stamps (2 doubles the feature "
                                    "map: out = in x stride with padding 'same')")
+    upsample: str = spec("transpose", choices=("transpose", "resize"),
+                         help="how a deconv maps features up: transpose: Conv2DTranspose stamps a kernel x kernel "
+                              "patch per input pixel (checkerboard patterns when the kernel is not a multiple of the "
+                              "stride); resize: UpSampling2D repeats each pixel stride x stride times, then a Conv2D "
+                              "of the deconv kernel smooths it (Odena et al. 2016: no checkerboard by construction)")
     downsample: str = spec("maxpool", choices=("stride", "maxpool"), legacy="stride",
                            help="how a block with conv_stride 2 halves the map: stride: the conv window jumps 2 "
                                 "pixels; maxpool (from the second block on): the conv looks at every pixel, then "
@@ -364,9 +371,10 @@ class ModelConfig(_Config):
             for i in range(self.blocks):
                 size = math.ceil(size / self.conv_stride)
                 shapes.append(DeconvShape(i + 1, size, size * self.deconv_stride, self.deconv_kernel, self.deconv_stride,
-                                          f"block{i + 1}_deconv"))
+                                          f"block{i + 1}_deconv", self.upsample == "resize"))
                 size *= self.deconv_stride
-        shapes += [DeconvShape(self.blocks + j + 1, a, b, self.deconv_kernel, 2, f"up{j + 1}_deconv")
+        shapes += [DeconvShape(self.blocks + j + 1, a, b, self.deconv_kernel, 2, f"up{j + 1}_deconv",
+                               self.upsample == "resize")
                    for j, (a, b, _, _) in enumerate(self.decoder())]
         return shapes
 
@@ -453,7 +461,7 @@ PRESETS: dict[str, ModelConfig] = {
     "default": ModelConfig(),
     # The article's exact network: three upsampling deconvs to 256x256x128, flattened into Dense.
     "article": ModelConfig(widths=(32, 64, 128), conv_kernel=3, conv_stride=1, deconv_kernel=4,
-                           deconv_stride=2, downsample="stride", block_deconvs=True, up_blocks=0,
+                           deconv_stride=2, upsample="transpose", downsample="stride", block_deconvs=True, up_blocks=0,
                            head="flatten", pool_size=1),
 }
 

@@ -120,6 +120,14 @@ def _block(prefix: str, kind: str, size: int, cin: int, cout: int, kernel: int, 
     ]
 
 
+def _deconv(prefix: str, config: ModelConfig, size: int, cin: int, cout: int, in_size: int) -> list[LayerCost]:
+    """A deconv block: a Conv2DTranspose, or with upsample 'resize' an UpSampling2D (when it grows) and a Conv2D."""
+    if config.upsample == "transpose":
+        return _block(prefix, "Conv2DTranspose", size, cin, cout, config.deconv_kernel, in_size)
+    resize = [LayerCost(f"{prefix}_resize", "UpSampling2D", (size, size, cin), 0, 0)] if size > in_size else []
+    return resize + _block(prefix, "Conv2D", size, cin, cout, config.deconv_kernel, size)
+
+
 def describe(config: ModelConfig) -> ModelCost:
     """Per-layer output shapes, parameters and FLOPs of `build_model(config)`, without building it."""
     layers = [LayerCost("rescale", "Rescaling", (IMAGE_SIZE, IMAGE_SIZE, 3), 0, 0)]
@@ -132,10 +140,10 @@ def describe(config: ModelConfig) -> ModelCost:
         size, channels = conv_size, width
         if config.block_deconvs:
             deconv_size = next(sizes)
-            layers += _block(f"block{i}_deconv", "Conv2DTranspose", deconv_size, width, width, config.deconv_kernel, size)
+            layers += _deconv(f"block{i}_deconv", config, deconv_size, width, width, size)
             size = deconv_size
     for j, (_, size_out, width, skip) in enumerate(config.decoder(), start=1):
-        layers += _block(f"up{j}_deconv", "Conv2DTranspose", size_out, channels, width, config.deconv_kernel, size)
+        layers += _deconv(f"up{j}_deconv", config, size_out, channels, width, size)
         if skip is not None:
             layers.append(LayerCost(f"up{j}_skip", "Add", (size_out, size_out, width), 0, 0))
         layers += _block(f"up{j}_conv", "Conv2D", size_out, width, width, config.conv_kernel, size_out)

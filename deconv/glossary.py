@@ -41,6 +41,12 @@ LAYERS: dict[str, str] = {
         "with padding 'same': out = in x stride; with padding 'valid': out = (in - 1) x stride + kernel. When the "
         "kernel is not a multiple of the stride, some output pixels receive more stamps than their neighbours, "
         "which can paint checkerboard patterns into the map."),
+    "UpSampling2D": (
+        "Resize-then-convolve, the other way to map features up (Odena, Dumoulin and Olah, 'Deconvolution and "
+        "Checkerboard Artifacts', 2016): each pixel is repeated stride x stride times (nearest neighbour), so a "
+        "stride of 2 doubles the map, and the Conv2D after it learns how to smooth and recombine the copies. Every "
+        "output pixel then sees the same number of input pixels, so no checkerboard pattern can come from uneven "
+        "overlap. Nothing is learnt in the resize itself."),
     "MaxPooling2D": (
         "Keeps the largest value of each 2x2 window of every channel, so the map is half as wide and high: where "
         "a pattern was found strongly anywhere in the window survives, its exact position is forgotten. Nothing "
@@ -136,7 +142,8 @@ def _note(layer: LayerCost, before: tuple[int, ...], config: ModelConfig) -> str
     if kind == "Rescaling":
         return f"{_shape(out)} pixels from 0-255 to 0-1 (divided by 255)"
     if kind == "Conv2D":
-        n, k, c_in, c_out = before[0], config.conv_kernel, before[2], out[2]
+        k = config.deconv_kernel if layer.name.endswith("_deconv") else config.conv_kernel  # resize-then-convolve
+        n, c_in, c_out = before[0], before[2], out[2]
         s = max(1, n // out[0])  # 1 for a block that max-pools afterwards and in the decoder
         size = (f"{n}x{n} → {out[0]}x{out[0]} because stride {s}: ceil({n} / {s}) = {conv_size(n, s)}" if s > 1
                 else f"{n}x{n} → {out[0]}x{out[0]}: stride 1 and padding 'same' keep the size")
@@ -154,6 +161,10 @@ def _note(layer: LayerCost, before: tuple[int, ...], config: ModelConfig) -> str
         return (f"{n}x{n} → {out[0]}x{out[0]} because stride {s}: {n} x {s} = {deconv_size(n, k, s)} "
                 f"(padding 'same'; with 'valid' it would be ({n} - 1) x {s} + {k} = {valid}); each input pixel "
                 f"stamps a {k}x{k} kernel per output channel")
+    if kind == "UpSampling2D":
+        s = out[0] // before[0]
+        return (f"{before[0]}x{before[0]} → {out[0]}x{out[0]}: each pixel repeated {s}x{s} times "
+                f"({before[0]} x {s} = {out[0]}), for the Conv2D after it to smooth")
     if kind == "MaxPooling2D":
         return f"{before[0]}x{before[0]} → {out[0]}x{out[0]}: the largest of each 2x2 window, per channel"
     if kind == "Add":

@@ -22,9 +22,16 @@ def conv_block(x: keras.KerasTensor, filters: int, kernel: int, stride: int, nam
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def deconv_block(x: keras.KerasTensor, filters: int, kernel: int, stride: int, name: str) -> keras.KerasTensor:
-    """Conv2DTranspose, BatchNormalization, ReLU: maps features back up to a larger map when stride is 2."""
-    x = layers.Conv2DTranspose(filters, kernel, strides=stride, padding="same", name=name)(x)
+def deconv_block(x: keras.KerasTensor, filters: int, kernel: int, stride: int, name: str,
+                 upsample: str = "transpose") -> keras.KerasTensor:
+    """Conv2DTranspose (or UpSampling2D then Conv2D with upsample 'resize'), BatchNormalization, ReLU: maps
+    features back up to a larger map when stride is 2."""
+    if upsample == "resize":
+        if stride > 1:
+            x = layers.UpSampling2D(stride, interpolation="nearest", name=f"{name}_resize")(x)
+        x = layers.Conv2D(filters, kernel, padding="same", name=name)(x)
+    else:
+        x = layers.Conv2DTranspose(filters, kernel, strides=stride, padding="same", name=name)(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
@@ -38,10 +45,11 @@ def build_model(config: ModelConfig) -> keras.Model:
         pool = config.pools(i)
         x = conv_block(x, width, config.conv_kernel, 1 if pool else config.conv_stride, f"block{i}_conv", pool)
         if config.block_deconvs:
-            x = deconv_block(x, width, config.deconv_kernel, config.deconv_stride, f"block{i}_deconv")
+            x = deconv_block(x, width, config.deconv_kernel, config.deconv_stride, f"block{i}_deconv",
+                             config.upsample)
         outputs.append(x)
     for j, (_, _, width, skip) in enumerate(config.decoder(), start=1):  # the decoder maps the features back up
-        x = deconv_block(x, width, config.deconv_kernel, 2, f"up{j}_deconv")
+        x = deconv_block(x, width, config.deconv_kernel, 2, f"up{j}_deconv", config.upsample)
         if skip is not None:  # U-Net: the block's map of the same size and width is added
             x = layers.Add(name=f"up{j}_skip")([x, outputs[skip]])
         x = conv_block(x, width, config.conv_kernel, 1, f"up{j}_conv")

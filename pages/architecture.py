@@ -49,6 +49,7 @@ with left:
     d1, d2 = st.columns(2)
     config_widget(MODEL, "up_blocks", "Decoder blocks", container=d1)
     config_widget(MODEL, "deconv_kernel", "Deconv kernel", container=d2)
+    config_widget(MODEL, "upsample", "How deconvs upsample")
     config_widget(MODEL, "skips", "Skip connections (U-Net)")
     config_widget(MODEL, "block_deconvs", "A deconv in every block (the article's)")
     if st.session_state[MODEL].block_deconvs:

@@ -83,7 +83,8 @@ def test_whole_floats_are_accepted_as_ints_as_json_may_write_them() -> None:
 def test_presets() -> None:
     assert preset("article") == PRESETS["article"]
     assert PRESETS["article"].to_dict() == {"widths": [32, 64, 128], "conv_kernel": 3, "conv_stride": 1,
-                                            "deconv_kernel": 4, "deconv_stride": 2, "downsample": "stride",
+                                            "deconv_kernel": 4, "deconv_stride": 2, "upsample": "transpose",
+                                            "downsample": "stride",
                                             "block_deconvs": True, "up_blocks": 0, "skips": True,
                                             "head": "flatten", "pool_size": 1}
     assert PRESETS["default"].head == "adaptive"

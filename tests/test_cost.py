@@ -13,7 +13,10 @@ CONFIGS = [PRESETS["default"], PRESETS["article"], ModelConfig(widths=(8,), head
            ModelConfig(widths=(16, 24), conv_kernel=5, conv_stride=1, deconv_kernel=3, deconv_stride=2, pool_size=3),
            ModelConfig(widths=(8, 8, 8, 8), conv_stride=2, deconv_stride=1, conv_kernel=1, deconv_kernel=7),
            ModelConfig(widths=(8, 16, 24), block_deconvs=True, up_blocks=3, deconv_kernel=4, pool_size=4),
-           ModelConfig(widths=(8, 16), downsample="stride", skips=False, head="flatten")]
+           ModelConfig(widths=(8, 16), downsample="stride", skips=False, head="flatten"),
+           ModelConfig(upsample="resize"),
+           ModelConfig(widths=(8, 16, 24), block_deconvs=True, deconv_stride=2, up_blocks=2, deconv_kernel=3,
+                       upsample="resize", pool_size=4)]
 
 
 def test_article_preset_has_the_articles_parameter_count() -> None:
@@ -32,7 +35,7 @@ def test_article_flops_by_hand() -> None:
     assert cost.activation_bytes > 100e6  # the 256x256x128 maps dominate
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c.widths)) + c.head)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c.widths)) + c.head + c.upsample)
 def test_describe_matches_keras_layer_by_layer(config: ModelConfig) -> None:
     model = build_model(config)
     cost = describe(config)

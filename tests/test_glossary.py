@@ -11,17 +11,18 @@ from deconv.cost import describe
 
 CONFIGS = [*PRESETS.values(), ModelConfig(widths=(8,), pool_size=1), ModelConfig(widths=(8, 16), head="flatten"),
            ModelConfig(widths=(8,), conv_stride=1, deconv_stride=2, deconv_kernel=3, pool_size=5),
-           ModelConfig(widths=(8, 8, 8, 8), conv_stride=2, deconv_stride=1, pool_size=1)]
+           ModelConfig(widths=(8, 8, 8, 8), conv_stride=2, deconv_stride=1, pool_size=1),
+           ModelConfig(upsample="resize", deconv_kernel=3)]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c.widths)) + f"-{c.head}-{c.pool_size}")
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c.widths)) + f"-{c.head}-{c.pool_size}-{c.upsample}")
 def test_every_layer_type_in_the_table_has_an_explanation(config: ModelConfig) -> None:
     kinds = {layer.kind for layer in describe(config).layers}
     assert kinds <= set(glossary.LAYERS)
     assert [e.kind for e in glossary.explain(config)] == list(dict.fromkeys(c.kind for c in describe(config).layers))
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c.widths)) + f"-{c.head}-{c.pool_size}")
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c.widths)) + f"-{c.head}-{c.pool_size}-{c.upsample}")
 def test_every_row_of_the_table_gets_a_note(config: ModelConfig) -> None:
     rows = glossary.notes(config)
     assert [(r.layer, r.kind) for r in rows] == [(c.name, c.kind) for c in describe(config).layers]
@@ -30,7 +31,7 @@ def test_every_row_of_the_table_gets_a_note(config: ModelConfig) -> None:
 
 def test_all_layer_types_the_builder_can_make_are_covered() -> None:
     assert set(glossary.LAYERS) == {"Rescaling", "Conv2D", "BatchNormalization", "ReLU", "Conv2DTranspose",
-                                    "MaxPooling2D", "Add", "AdaptiveAveragePooling2D", "GlobalAveragePooling2D", "Flatten",
+                                    "UpSampling2D", "MaxPooling2D", "Add", "AdaptiveAveragePooling2D", "GlobalAveragePooling2D", "Flatten",
                                     "Dense"}
     assert {"label smoothing", "augmentation"} <= set(glossary.TERMS)
     assert any("warmup-cosine" in term for term in glossary.TERMS)
@@ -115,3 +116,10 @@ def test_the_architecture_page_explains_the_chosen_layer_type(page) -> None:
     assert not at.exception and "AdaptiveAveragePooling2D" not in at.selectbox(key="architecture.layer_type").options
     at.selectbox(key="architecture.layer_type").set_value("Flatten").run()
     assert "`flatten`: 8x8x64 → 4,096 numbers in one row" in " ".join(m.value for m in at.markdown)
+
+
+def test_resize_then_convolve_notes_name_the_repeat_and_the_deconv_kernel() -> None:
+    rows = {r.layer: r.note for r in glossary.notes(ModelConfig(upsample="resize", deconv_kernel=3))}
+    assert rows["up1_deconv_resize"].startswith("4x4 → 8x8: each pixel repeated 2x2 times")
+    assert "3x3 window" in rows["up1_deconv"]
+    assert "Conv2DTranspose" not in {r.kind for r in glossary.notes(ModelConfig(upsample="resize"))}
