@@ -115,3 +115,93 @@ def test_grad_cam_of_each_class_points_at_that_class_patch(patch_model: keras.Mo
         found.append(in_quadrant(for_red, r) > in_quadrant(for_red, b) and
                      in_quadrant(for_blue, b) > in_quadrant(for_blue, r))
     assert np.mean(found) >= 0.9, f"Grad-CAM found each class's own patch in only {np.mean(found):.0%} of the images"
+
+
+def colour_detector(pool: bool = True) -> keras.Model:
+    """A network whose answer is known: block1's channel 0 sees red and channel 1 blue, each at its 3x3 window's
+    centre pixel only; 2x2 max pooling; block2's 1x1 conv copies both channels."""
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
+    x = keras.layers.Conv2D(2, 3, padding="same", name="block1_conv")(x)
+    x = keras.layers.ReLU(name="block1_conv_relu")(x)
+    if pool:
+        x = keras.layers.MaxPooling2D(2, name="block1_conv_pool")(x)
+    x = keras.layers.Conv2D(2, 1, name="block2_conv")(x)
+    x = keras.layers.ReLU(name="block2_conv_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="classifier")(x))
+    kernel = np.zeros((3, 3, 3, 2), np.float32)
+    kernel[1, 1, 0, 0] = kernel[1, 1, 2, 1] = 1.0  # red at the centre for channel 0, blue for channel 1
+    model.get_layer("block1_conv").set_weights([kernel, np.full(2, -0.1, np.float32)])  # a dim pixel stays silent
+    model.get_layer("block2_conv").set_weights([np.eye(2, dtype=np.float32)[None, None], np.zeros(2, np.float32)])
+    return model
+
+
+def dots(*where: tuple[int, int, tuple[int, int, int]]) -> np.ndarray:
+    """A black image with single coloured pixels at (row, column)."""
+    image = np.zeros((32, 32, 3), np.uint8)
+    for row, col, colour in where:
+        image[row, col] = colour
+    return image
+
+
+def test_the_deconvnet_projects_the_strongest_activation_back_to_the_pixel_that_caused_it() -> None:
+    image = dots((10, 21, (255, 0, 0)), (25, 4, (120, 0, 0)), (3, 3, (0, 0, 200)))  # bright red, dim red, blue
+    found = explain.project(colour_detector(), image, "block2_conv")
+    assert (found.channel, found.position) == (0, (5, 10))  # the bright red pixel, after 2x2 pooling
+    assert found.activation == pytest.approx(0.9, abs=1e-5) and found.feature_map.shape == (16, 16)
+    for picture in (found.deconvnet, found.guided):
+        moved = np.argwhere(np.abs(picture - 0.5).max(-1) > 1e-6)
+        assert moved.tolist() == [[10, 21]]  # only that pixel came back: max pooling's switches routed it there
+        assert picture[10, 21, 0] == 1.0 and picture[10, 21, 1:].tolist() == [0.5, 0.5]  # through the red weight
+    blue = explain.project(colour_detector(), image, "block2_conv", channel=1)
+    assert blue.position == (1, 1) and np.abs(blue.deconvnet - 0.5).max(-1).argmax() == 3 * 32 + 3
+    with pytest.raises(ValueError, match="block2_conv has channels 0 to 1, not 2"):
+        explain.project(colour_detector(), image, "block2_conv", channel=2)
+
+
+def test_the_deconvnet_rule_differs_from_guided_backpropagation_where_the_forward_pass_was_negative() -> None:
+    x = np.array([-1.0, 2.0], np.float32)
+    dy = np.array([3.0, -4.0], np.float32)
+    assert explain.RULES["deconvnet"](x, dy).numpy().tolist() == [3.0, 0.0]  # rectifies the signal, ignores x
+    assert explain.RULES["guided"](x, dy).numpy().tolist() == [0.0, 0.0]  # and where x was negative too
+    model = build_model(ModelConfig(widths=(8, 16)))
+    image = scenes(1, np.random.default_rng(6))[0][0]
+    found = explain.project(model, image, "up1_conv")
+    assert found.deconvnet.shape == found.guided.shape == (32, 32, 3)
+    assert 0 <= found.deconvnet.min() and found.deconvnet.max() <= 1
+    assert not np.allclose(found.deconvnet, found.guided)
+
+
+def test_top_patches_are_the_images_that_excite_each_channel_most_cropped_to_what_it_sees() -> None:
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 60, (40, 32, 32, 3)).astype(np.uint8)  # dark noise: nothing clears the bias much
+    red, blue = rng.permutation(40)[:20].reshape(2, 10)
+    for i, strength in zip(red, np.linspace(250, 160, 10)):
+        row, col = rng.integers(2, 28, 2)
+        images[i, row - 1:row + 2, col - 1:col + 2] = (strength, 0, 0)  # a red 3x3 square, brightest first
+    for i in blue:
+        images[i, 16, 16] = (0, 0, 255)
+    found = explain.top_patches(colour_detector(pool=False), images, "block1_conv", channels=2, size=6)
+    red_row = found.channels.index(0)
+    assert found.images[red_row].tolist() == red[:explain.PATCHES].tolist()  # the nine brightest squares, in order
+    assert found.patches.shape == (2, explain.PATCHES, 6, 6, 3) and found.searched == 40
+    crops = found.patches[red_row].astype(float)
+    assert (crops[..., 0] > 150).all() and (crops[..., 2] == 0).all()  # each crop is the unit's 1-pixel field: red
+    assert set(found.images[found.channels.index(1)].tolist()) < set(blue.tolist())
+
+
+def test_the_checkerboard_score_is_zero_for_an_even_map_and_large_for_a_checkerboard() -> None:
+    even = np.ones((8, 8, 4))
+    board = np.zeros((8, 8, 4))
+    board[::2, ::2] = 1.0  # one phase of four lit
+    assert explain.checkerboard(even) == 0.0 and explain.checkerboard(np.zeros((8, 8, 4))) == 0.0
+    assert explain.checkerboard(board) == pytest.approx(4.0)  # spread 1 over a mean of 1/4
+    images = scenes(8, np.random.default_rng(8))[0]
+    scores = {}
+    for upsample in ("transpose", "resize"):
+        keras.utils.set_random_seed(0)
+        probe = explain.probe(build_model(ModelConfig(upsample=upsample, deconv_kernel=3)))
+        assert explain.upsampled_blocks(probe) == ["up1_deconv"]
+        scores[upsample] = np.median([explain.checkerboards(probe, image)["up1_deconv"] for image in images])
+    assert scores["transpose"] > 2 * scores["resize"]  # the stride-2 3x3 transposed conv's uneven overlap shows
