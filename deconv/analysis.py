@@ -41,6 +41,8 @@ class ValidationReport:
     labels: list[str]
     matrix: np.ndarray  # (10, 10) counts, row = true class
     mistakes: tuple[Mistake, ...]  # most confident first
+    true: np.ndarray | None = None  # each validation image's class, in the validation subset's order
+    predicted: np.ndarray | None = None  # and the class the model gave it (reports saved before these: None)
 
     @property
     def images(self) -> int:
@@ -61,10 +63,20 @@ class ValidationReport:
         """The k wrong predictions made with the highest probability."""
         return list(self.mistakes[:k])
 
+    def cell(self, true: int, predicted: int) -> np.ndarray | None:
+        """Indices (into the validation subset) of the images of one true class given one predicted class, or None
+        when the report kept no per-image predictions."""
+        if self.true is None or self.predicted is None:
+            return None
+        return np.flatnonzero((self.true == true) & (self.predicted == predicted))
+
     def to_json(self) -> dict[str, Any]:
         """A plain JSON-ready dict."""
-        return {"labels": list(self.labels), "matrix": self.matrix.astype(int).tolist(),
+        data = {"labels": list(self.labels), "matrix": self.matrix.astype(int).tolist(),
                 "mistakes": [[m.index, m.true, m.predicted, round(m.confidence, 6)] for m in self.mistakes]}
+        if self.true is not None and self.predicted is not None:
+            data.update(true=self.true.astype(int).tolist(), predicted=self.predicted.astype(int).tolist())
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> "ValidationReport":
@@ -73,12 +85,19 @@ class ValidationReport:
             labels = [str(v) for v in data["labels"]]
             matrix = np.asarray(data["matrix"], dtype=np.int64)
             mistakes = tuple(Mistake(int(i), int(t), int(p), float(c)) for i, t, p, c in data["mistakes"])
+            classes = [np.asarray(data[k], dtype=np.int64) if k in data else None for k in ("true", "predicted")]
         except (KeyError, TypeError, ValueError) as e:
             raise ReportError(f"the report has the wrong shape ({type(e).__name__}: {e})") from None
         if len(labels) != NUM_CLASSES or matrix.shape != (NUM_CLASSES, NUM_CLASSES) or (matrix < 0).any() or not all(
                 0 <= v < NUM_CLASSES for m in mistakes for v in (m.true, m.predicted)):
             raise ReportError("the report has the wrong shape (a 10x10 matrix of counts and ten labels)")
-        return cls(labels, matrix, mistakes)
+        true, predicted = classes
+        if (true is None) != (predicted is None) or true is not None and (
+                true.shape != predicted.shape or true.ndim != 1 or (true < 0).any() or (predicted < 0).any()
+                or (true >= NUM_CLASSES).any() or (predicted >= NUM_CLASSES).any()
+                or not np.array_equal(confusion_matrix(true, predicted), matrix)):
+            raise ReportError("the report's per-image classes do not add up to its confusion matrix")
+        return cls(labels, matrix, mistakes, true, predicted)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -101,7 +120,7 @@ def report(probabilities: np.ndarray, y_true: np.ndarray, labels: list[str],
     conf = probabilities[wrong, pred[wrong]]
     order = wrong[np.argsort(-conf, kind="stable")[:keep]]
     mistakes = tuple(Mistake(int(i), int(y_true[i]), int(pred[i]), float(probabilities[i, pred[i]])) for i in order)
-    return ValidationReport(list(labels), confusion_matrix(y_true, pred), mistakes)
+    return ValidationReport(list(labels), confusion_matrix(y_true, pred), mistakes, np.asarray(y_true, np.int64), pred)
 
 
 def save_report(rep: ValidationReport, run_dir: str | Path) -> None:

@@ -11,6 +11,7 @@ from plotly.colors import qualitative, sample_colorscale, unlabel_rgb
 from plotly.subplots import make_subplots
 
 TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#ff7f0e"
+CHOSEN = "#ff7f0e"  # the outline of a chosen confusion-matrix cell
 
 
 def _layout(fig: go.Figure, height: int) -> go.Figure:
@@ -73,17 +74,32 @@ def count_font_size(largest: int) -> int:
     return {1: 14, 2: 14, 3: 13, 4: 11}.get(len(str(int(largest))), 9)
 
 
-def confusion(matrix: np.ndarray, labels: Sequence[str]) -> go.Figure:
-    """Heatmap of counts, rows the true classes and columns the predictions; hover adds each row's share."""
+def confusion(matrix: np.ndarray, labels: Sequence[str], clickable: bool = False,
+              chosen: tuple[int, int] | None = None) -> go.Figure:
+    """Heatmap of counts, rows the true classes and columns the predictions; hover adds each row's share.
+
+    With `clickable`, an invisible square marker sits on every cell (plotly heatmaps report no selection to
+    Streamlit; markers do): a click selects that cell's marker, drawn as an outline, as is the `chosen` cell.
+    """
     counts = np.asarray(matrix).astype(int)
     labels = list(labels)
     totals = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     top = max(int(counts.max(initial=0)), 1)
+    hover = "true %{y}, predicted %{x}<br>%{customdata[0]} images, %{customdata[1]:.1%} of the true %{y}"
     fig = go.Figure(go.Heatmap(
-        z=counts, x=labels, y=labels, customdata=share, colorscale="Blues", zmin=0, zmax=top, showscale=False,
-        xgap=1, ygap=1, hovertemplate="true %{y}, predicted %{x}<br>%{z} images, %{customdata:.1%} of the true %{y}"
-                                      "<extra></extra>"))
+        z=counts, x=labels, y=labels, customdata=np.stack([counts, share], -1), colorscale="Blues", zmin=0, zmax=top,
+        showscale=False, xgap=1, ygap=1, hovertemplate=hover + "<extra></extra>",
+        hoverinfo="skip" if clickable else None))
+    if clickable:
+        n = len(labels)
+        cells = [(i, j) for i in range(n) for j in range(n)]
+        fig.add_trace(go.Scatter(
+            x=[labels[j] for _, j in cells], y=[labels[i] for i, _ in cells], mode="markers", showlegend=False,
+            customdata=[[counts[i, j], share[i, j]] for i, j in cells], hovertemplate=hover + "<extra></extra>",
+            marker=dict(symbol="square-open", size=30, color=CHOSEN, opacity=0, line_width=3),
+            selected=dict(marker_opacity=1), unselected=dict(marker_opacity=0),
+            selectedpoints=[chosen[0] * n + chosen[1]] if chosen else None))
     # The counts as annotations, not the heatmap's own text: a heatmap has one text colour for all cells.
     colours = sample_colorscale("Blues", (counts / top).ravel().tolist())
     size = count_font_size(top)
@@ -92,10 +108,11 @@ def confusion(matrix: np.ndarray, labels: Sequence[str]) -> go.Figure:
              font=dict(size=size, color=_ink(colours[i * len(labels) + j])))
         for i in range(len(labels)) for j in range(len(labels))])
     # Square cells: the y axis keeps the x axis' scale, and each shrinks its domain rather than leave gaps.
-    fig.update_yaxes(autorange="reversed", title_text="true class", tickmode="linear", scaleanchor="x",
+    edge = len(labels) - 0.5  # fixed ranges: the cell markers would otherwise widen the axes by their size
+    fig.update_yaxes(range=[edge, -0.5], title_text="true class", tickmode="linear", scaleanchor="x",
                      constrain="domain", constraintoward="top", automargin=True, ticks="", tickfont_size=12,
                      ticklabelstandoff=4)
-    fig.update_xaxes(title_text="predicted class", tickmode="linear", tickangle=-45, constrain="domain",
+    fig.update_xaxes(range=[-0.5, edge], title_text="predicted class", tickmode="linear", tickangle=-45, constrain="domain",
                      automargin=True, ticks="", tickfont_size=12, ticklabelstandoff=4)
     fig.update_layout(height=500, margin=dict(l=10, r=10, t=20, b=10), plot_bgcolor="white")
     return fig

@@ -58,6 +58,13 @@ class ModelCost:
 
     layers: tuple[LayerCost, ...]
 
+    def layer(self, name: str) -> LayerCost:
+        """The layer of that name (KeyError if none)."""
+        found = next((c for c in self.layers if c.name == name), None)
+        if found is None:
+            raise KeyError(name)
+        return found
+
     @property
     def params(self) -> int:
         """Total parameters, trainable and not (as Keras' count_params)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from deconv import charts, data, images, inference, runs
 from deconv.cost import describe
-from pages.parts import first_visit, server, state, text
+from pages.parts import first_visit, inside, server, state, text
 from pages.parts.state import ACTIVE_RUN
 
 if TYPE_CHECKING:
@@ -63,6 +64,14 @@ def feature_maps(path: str, mtime: float, view: np.ndarray) -> list[explain.Bloc
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
+def checkerboards(path: str, mtime: float, view: np.ndarray) -> dict[str, float]:
+    """The checkerboard score of every upsampling block for one 32x32 view, cached."""
+    from deconv import explain
+
+    return explain.checkerboards(probe(path, mtime), view)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
 def evidence(path: str, mtime: float, view: np.ndarray, class_index: int) -> explain.Evidence:
     """Grad-CAM and saliency of one class for one 32x32 view, cached."""
     from deconv import explain
@@ -72,8 +81,24 @@ def evidence(path: str, mtime: float, view: np.ndarray, class_index: int) -> exp
 
 def look_inside(key: str, run: runs.RunInfo, view: np.ndarray, prediction: inference.Prediction,
                 labels: list[str]) -> None:
-    """Where the evidence for a class lies, beside the feature maps of every conv and deconv block."""
-    path, mtime = str(run.path), (run.path / "model.keras").stat().st_mtime
+    """Where the evidence for a class lies, beside the feature maps of every conv and deconv block; the deconvnet
+    projection of one activation; the top patches of a block's channels."""
+    path, mtime = str(run.path), run.version
+    maps_tab, projection_tab, patches_tab = st.tabs(["Feature maps and evidence", "Deconvnet projection",
+                                                     "Top patches"])
+    blocks = [m.name for m in feature_maps(path, mtime, view)]
+    with projection_tab:
+        inside.projection_panel(key, run, view, blocks)
+    with patches_tab:
+        inside.top_patches_panel(key, run, blocks)
+    with maps_tab:
+        maps_and_evidence(key, run, view, prediction, labels)
+
+
+def maps_and_evidence(key: str, run: runs.RunInfo, view: np.ndarray, prediction: inference.Prediction,
+                      labels: list[str]) -> None:
+    """Grad-CAM and saliency for a chosen class beside every block's most active channels."""
+    path, mtime = str(run.path), run.version
     chance = dict(zip(prediction.labels, prediction.probabilities))
     left, right = st.columns([1, 3], border=True)
     chosen = left.selectbox("Evidence for", prediction.labels, key=f"class-{key}",
@@ -81,6 +106,7 @@ def look_inside(key: str, run: runs.RunInfo, view: np.ndarray, prediction: infer
     with st.spinner("Looking inside the network..."):
         maps = feature_maps(path, mtime, view)
         found = evidence(path, mtime, view, labels.index(chosen))
+        uneven = checkerboards(path, mtime, view)
     if found.grad_cam.any():
         left.plotly_chart(charts.heat_overlay(view, found.grad_cam, "Grad-CAM"), key=f"cam-{key}")
         left.caption(f"Where the last block found features that raise the **{chosen}** score.")
@@ -89,11 +115,15 @@ def look_inside(key: str, run: runs.RunInfo, view: np.ndarray, prediction: infer
     left.plotly_chart(charts.heat_overlay(view, found.saliency, "Gradient saliency"), key=f"saliency-{key}")
     left.caption(f"The pixels whose slightest change would move the **{chosen}** score most.")
     right.caption("What each block outputs for this image: its most active channels, each on its own scale (yellow "
-                  "is the channel's peak). Each conv block is followed by its deconv block; a deconv with stride 2 "
-                  "maps the features back up to a larger map.")
-    for conv, deconv in zip(maps[::2], maps[1::2]):
+                  "is the channel's peak), in network order; a deconv with stride 2 maps the features back up to a "
+                  "larger map. Its **checkerboard score** is the spread of its mean activation over the 2x2 "
+                  "positions of the stride, over the mean: 0 is even, higher means the upsampling paints a grid.")
+    for conv, deconv in itertools.zip_longest(maps[::2], maps[1::2]):
         for column, block in zip(right.columns(2), (conv, deconv)):
-            title = f"{block.label}<br><sup>{block.summary}</sup>"
+            if block is None:
+                continue
+            score = f", checkerboard score {uneven[block.name]:.2f}" if block.name in uneven else ""
+            title = f"{block.label}<br><sup>{block.summary}{score}</sup>"
             column.plotly_chart(charts.feature_grid(block.tiles, block.channels, title), key=f"maps-{key}-{block.name}")
 
 
@@ -156,6 +186,14 @@ with upload_tab:
         forget_files(files)
         st.session_state[UPLOADER] = generation + 1
         st.rerun()  # with an empty uploader: each picture is shown once, from the kept ones
+    if st.toggle(":material/photo_camera: Take a picture with the camera", key="classify.camera"):
+        photo = st.camera_input("Camera (the picture is classified, kept while this tab is open, never saved)",
+                                key=f"camera-{generation}")
+        if photo is not None:
+            pictures.upload([("camera photo", photo.getvalue())])  # checked and bounded like any uploaded file
+            forget_files([photo])
+            st.session_state[UPLOADER] = generation + 1
+            st.rerun()  # a fresh camera widget: the same photo is not classified twice
     for name, problem in pictures.problems:
         st.error(f"**{text.plain(name)}** cannot be classified: {problem}.")  # the name is the visitor's
     if pictures.left_out:

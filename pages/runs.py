@@ -7,8 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from deconv import charts, run_import, runs
-from pages.parts import first_visit, server, settings, state, text
+from deconv import analysis, charts, run_import, runs
+from pages.parts import confusion, first_visit, inside, server, settings, state, text
 from pages.parts.state import ACTIVE_RUN, MODEL, TRAIN
 
 first_visit.require_app()
@@ -152,3 +152,19 @@ with d.popover("Delete", icon=":material/delete:", width="stretch"):
         st.button("Delete this run", type="primary", disabled=not sure, on_click=delete, args=(str(run.path),))
     else:
         st.caption("Only whoever trained or imported this run can delete it.")
+
+st.markdown("**On its validation images**")
+try:
+    rep = analysis.read_report(run.path)
+except analysis.ReportError as e:
+    st.caption(f"No confusion matrix: {e}.")
+else:
+    pictures = confusion.run_pictures(run)
+    confusion.confusion_charts(rep.matrix, rep.labels, "", f"run-{run.name}", rep, pictures)
+    if rep.true is None:
+        st.caption("This run's report was saved before the app kept each image's prediction: train it again to "
+                   "open the cells.")
+    elif pictures is None:
+        st.caption("The validation images of this run are not on this server: its cells cannot be opened.")
+st.markdown("**What its channels respond to**")
+inside.top_patches_panel(f"run-{run.name}", run, inside.block_names(run))

@@ -10,9 +10,8 @@ import numpy as np
 import streamlit as st
 
 from deconv import analysis, charts, data, images, jobs, runs
-from deconv.config import TrainConfig
 from deconv.cost import describe
-from pages.parts import first_visit, server, settings, state, text
+from pages.parts import confusion, first_visit, server, settings, state, text
 from pages.parts.settings import config_widget
 from pages.parts.state import MODEL, SAVE_PROBLEM, TRAIN
 
@@ -31,13 +30,6 @@ def image_counts(path: str) -> tuple[int, int]:
     """Training and test images in a data folder."""
     source = data.DataSource(Path(path), "")
     return (data.count_train_images(source) if source.has_train else 0), len(data.read_test(source)[1])
-
-
-@st.cache_data(show_spinner=False, max_entries=4)
-def validation_images(path: str, val_size: int, seed: int) -> np.ndarray:
-    """The validation images a run was checked on (its report's indices point into them)."""
-    source = data.DataSource(Path(path), "")
-    return data.validation_subset(TrainConfig(val_size=val_size, seed=seed), source)[0]
 
 
 STARTED = "train.started"  # session key: the Train button's callback ran in this script run
@@ -85,19 +77,8 @@ def live_confusion(job: Any) -> None:
     start = job.latest("start") or {}
     if epoch is None or "labels" not in start:
         return
-    confusion_charts(np.asarray(epoch["val_confusion"]), start["labels"], f" after epoch {epoch['epoch']} of "
+    confusion.confusion_charts(np.asarray(epoch["val_confusion"]), start["labels"], f" after epoch {epoch['epoch']} of "
                      f"{epoch['epochs']}", f"live-{job.id}")
-
-
-def confusion_charts(matrix: np.ndarray, labels: list[str], when: str, key: str) -> None:
-    """A confusion matrix beside the per-class accuracy it implies."""
-    from deconv import analysis
-
-    left, right = st.columns([3, 2])
-    left.markdown(f"**Confusion matrix**{when} ({int(matrix.sum())} validation images)")
-    left.plotly_chart(charts.confusion(matrix, labels), key=f"cm-{key}")
-    right.markdown(f"**Accuracy per class**{when}")
-    right.plotly_chart(charts.per_class(analysis.class_accuracy(matrix), labels), key=f"pc-{key}")
 
 
 def settings_changed(job: Any) -> None:
@@ -139,19 +120,15 @@ def finished(job: Any) -> None:
         st.caption(f"No confusion matrix: {e}.")
         return
     part = f" (the first {rep.images} validation images)" if rep.images < info.train_config.val_size else ""
-    confusion_charts(rep.matrix, rep.labels, part, job.id)
-    mistakes(rep, info)
+    pictures = confusion.run_pictures(info)
+    confusion.confusion_charts(rep.matrix, rep.labels, part, job.id, rep, pictures)
+    mistakes(rep, pictures)
 
 
-def mistakes(rep: analysis.ValidationReport, info: runs.RunInfo) -> None:
+def mistakes(rep: analysis.ValidationReport, pictures: np.ndarray | None) -> None:
     """The validation images the model got wrong with the highest confidence."""
     wrong = rep.confidently_wrong(GALLERY)
-    path = info.meta.data.path
-    if not wrong or not path or not Path(path).is_dir():
-        return
-    try:
-        pictures = validation_images(path, info.train_config.val_size, info.train_config.seed)
-    except data.DataError:
+    if not wrong or pictures is None:
         return
     st.markdown("**Most confidently wrong** validation images: what the model was surest about, and missed")
     for row in range(0, len(wrong), GALLERY // 2):

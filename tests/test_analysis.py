@@ -33,6 +33,16 @@ def test_a_saved_report_reads_back_the_same(tmp_path: Path) -> None:
     analysis.save_report(rep, tmp_path)
     back = analysis.read_report(tmp_path)
     assert back.labels == rep.labels and (back.matrix == rep.matrix).all() and back.mistakes == rep.mistakes
+    assert back.cell(0, 9).tolist() == [3] and back.cell(1, 2).tolist() == [7]  # a clicked cell's images
+    assert back.cell(4, 4).tolist() == list(range(20, 25)) and back.cell(4, 5).tolist() == []
+
+
+def test_a_report_saved_before_per_image_classes_still_reads_but_has_no_cells(tmp_path: Path) -> None:
+    data = a_report().to_json()
+    del data["true"], data["predicted"]
+    (tmp_path / analysis.REPORT_FILE).write_text(json.dumps(data))
+    back = analysis.read_report(tmp_path)
+    assert back.accuracy == pytest.approx(48 / 50) and back.cell(0, 9) is None
 
 
 @pytest.mark.parametrize("content, words", [
@@ -43,6 +53,11 @@ def test_a_saved_report_reads_back_the_same(tmp_path: Path) -> None:
     (json.dumps({"labels": LABELS, "matrix": np.eye(10, dtype=int).tolist(), "mistakes": [[0, 0, 12, 0.5]]}),
      "wrong shape"),
     (" " * (analysis.MAX_REPORT_BYTES + 1), "larger than"),
+    (json.dumps({**a_report().to_json(), "predicted": [0] * 50}), "do not add up"),
+    (json.dumps({**a_report().to_json(), "predicted": [12] * 50}), "do not add up"),
+    (json.dumps({**a_report().to_json(), "true": None}), "wrong shape"),
+    (json.dumps({**a_report().to_json(), "true": 3, "predicted": 3}), "do not add up"),
+    (json.dumps({**a_report().to_json(), "true": "abc"}), "wrong shape"),
 ])
 def test_a_missing_or_damaged_report_gets_a_report_error(tmp_path: Path, content: str | None, words: str) -> None:
     if content is not None:

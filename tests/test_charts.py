@@ -61,14 +61,25 @@ def test_confusion_shows_every_class_name_angled_with_room_for_it() -> None:
     assert x.tickangle not in (None, 0) and x.automargin is True and y.automargin is True
     assert x.title.text and y.title.text
     assert y.scaleanchor == "x"  # square cells
-    assert y.autorange == "reversed"  # the first class on top, as in a table
+    assert tuple(y.range) == (9.5, -0.5) and tuple(x.range) == (-0.5, 9.5)  # the first class on top, as in a table
+
+
+def test_a_clickable_confusion_matrix_has_one_selectable_marker_per_cell_outlining_the_chosen_one() -> None:
+    m = matrix(200)
+    assert len(charts.confusion(m, LABELS).data) == 1  # the live matrix: nothing to click
+    fig = charts.confusion(m, LABELS, clickable=True, chosen=(3, 5))
+    heat, cells = fig.data
+    assert heat.hoverinfo == "skip" and cells.mode == "markers" and len(cells.x) == 100
+    assert (cells.y[3 * 10 + 5], cells.x[3 * 10 + 5]) == (LABELS[3], LABELS[5])  # row = true, column = predicted
+    assert cells.customdata[3 * 10 + 5][0] == m[3, 5]  # its hover names the count
+    assert list(cells.selectedpoints) == [35] and cells.marker.opacity == 0 and cells.selected.marker.opacity == 1
 
 
 def test_confusion_hover_gives_the_share_of_the_true_class() -> None:
     m = matrix(200)
     m[3] = 0  # a class with no images must not divide by zero
     fig = charts.confusion(m, LABELS)
-    share = np.asarray(fig.data[0].customdata)
+    share = np.asarray(fig.data[0].customdata)[..., 1]
     assert np.allclose(share[[0, 1, 2, 4]].sum(axis=1), 1) and not share[3].any()
     assert "customdata" in fig.data[0].hovertemplate
 
