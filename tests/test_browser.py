@@ -28,7 +28,8 @@ if not HAVE_BROWSER and os.environ.get("DECONV_REQUIRE_BROWSER"):  # CI installs
 pytestmark = pytest.mark.skipif(not HAVE_BROWSER, reason=MISSING)
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run"]
+         "--disable-component-update", "--no-first-run",
+         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]  # a test pattern as the camera
 
 
 def free_port() -> int:
@@ -84,7 +85,7 @@ def page(server, tmp_path_factory: pytest.TempPathFactory):
     print(f"\nbrowser screenshots: {shots}")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000}, permissions=["camera"])
         tab.shots = shots
         tab.set_default_timeout(90_000)
         yield tab
@@ -165,6 +166,53 @@ def test_training_shows_progress_and_curves_then_a_confusion_matrix_and_a_saved_
     go(page, server, "runs", "Compare")
     page.get_by_text(saved[0]).first.wait_for()  # listed (the table itself is drawn on a canvas)
     shot(page, "runs")
+
+
+CELL_CENTRE = """([row, col]) => {
+  const gd = [...document.querySelectorAll('.js-plotly-plot')].find(g => g.data?.[1]?.mode === 'markers');
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+  return [box.left + xa._offset + xa.l2p(col), box.top + ya._offset + ya.l2p(row), gd.data[0].z[row][col]];
+}"""
+
+
+def test_a_click_on_a_confusion_matrix_cell_shows_that_cells_validation_images(page, server) -> None:
+    go(page, server, "train", "Batch size")  # the run of the test before, finished or finishing
+    page.get_by_text("Trained 2 epochs").wait_for(timeout=300_000)
+    page.get_by_text("Click a cell to see its images.").wait_for()
+    counts = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
+                           ".find(g => g.data?.[1]?.mode === 'markers').data[0].z")
+    row, col = max(((r, c) for r in range(10) for c in range(10)), key=lambda rc: counts[rc[0]][rc[1]])
+    page.get_by_text("Confusion matrix").first.scroll_into_view_if_needed()
+    x, y, count = page.evaluate(CELL_CENTRE, [row, col])
+    page.mouse.click(x, y)
+    said = page.get_by_text(re.compile(rf"^true {samples.LABELS[row]}, predicted {samples.LABELS[col]}"))
+    said.wait_for()
+    assert f"{count} validation image" in said.inner_text()
+    assert page.get_by_text(re.compile(r"^#\d+$")).count() == min(count, 24)  # each image, captioned by its index
+    shot(page, "train-confusion-cell")
+
+
+def test_look_inside_shows_the_deconvnet_projection_of_an_activation(page, server) -> None:
+    go(page, server, "classify", "Your pictures")
+    page.get_by_role("tab", name="CIFAR-10 test images").click()
+    page.get_by_text("Look inside", exact=True).nth(1).click()  # the first image's toggle (0 is the page's text)
+    page.get_by_role("tab", name="Deconvnet projection").first.click()
+    page.get_by_text("deconvnet projection (grey: nothing came back)").wait_for()
+    page.get_by_text("guided backpropagation", exact=True).wait_for()
+    caption = page.get_by_text(re.compile(r"block\d_conv channel \d+ at \(\d+, \d+\)")).first.inner_text()
+    assert "the projected activation" in caption and "in orange" in caption
+    shot(page, "classify-deconvnet")
+
+
+def test_a_camera_picture_is_classified(page, server) -> None:
+    go(page, server, "classify", "Your pictures")
+    page.get_by_text("Take a picture with the camera").click()
+    page.get_by_role("button", name="Take Photo").click()  # Chromium's fake camera: a moving test pattern
+    uploads = page.get_by_role("tabpanel", name="Your pictures")
+    uploads.get_by_text("camera photo", exact=True).wait_for()
+    uploads.get_by_text("what the model sees (32x32)").first.wait_for()
+    assert uploads.get_by_text("All ten classes").count() >= 1
+    shot(page, "classify-camera")
 
 
 def test_stop_ends_training_within_seconds_and_keeps_the_model(page, server) -> None:

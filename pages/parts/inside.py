@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 
 from deconv import data, images, runs
-from deconv.config import TrainConfig
+from deconv.config import NUM_CLASSES, TrainConfig
 from deconv.cost import describe
 from pages.parts import server
 
@@ -38,10 +38,11 @@ def projection(path: str, mtime: float, view: np.ndarray, block: str, channel: i
 
 @st.cache_data(show_spinner=False, max_entries=2)
 def training_images(path: str, train_size: int, seed: int, most: int) -> np.ndarray:
-    """The first `most` of the training images a run was trained on."""
+    """The first `most` of the training images a run was trained on (all the folder has, if it has fewer)."""
     source = data.DataSource(Path(path), "")
     x, y = data.read_train(source)
-    return x[data.stratified_indices(y, train_size, seed)[:most]]
+    fits = min(train_size, NUM_CLASSES * int(np.bincount(y, minlength=NUM_CLASSES).min()))
+    return x[data.stratified_indices(y, fits, seed)[:most]]
 
 
 def patch_images(run: runs.RunInfo) -> int:
@@ -122,7 +123,7 @@ def top_patches_panel(key: str, run: runs.RunInfo, blocks: list[str]) -> None:
     block = st.selectbox("Top patches of block", blocks, index=len([n for n in blocks if n.startswith("block")]) - 1,
                          key=f"patch-block-{key}")
     count = patch_images(run)
-    if not st.toggle(f"Search {count:,} training images for what each channel of {block} responds to",
+    if not st.toggle(f"Search up to {count:,} training images for what each channel of {block} responds to",
                      key=f"patch-go-{key}"):
         return
     try:
