@@ -16,8 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deconv.config import IMAGE_SIZE
-from deconv.model import block_outputs
+from deconv.config import IMAGE_SIZE, ModelConfig
+from deconv.model import block_outputs, build_model
 
 CHANNELS = 16  # the most active channels drawn per block
 TILE = 64  # larger maps are averaged down to this size to draw (the article's 256x256 maps by 4)
@@ -299,3 +299,12 @@ def checkerboards(probe_model: keras.Model, image: np.ndarray) -> dict[str, floa
     """The checkerboard score of each upsampling block's output for one uint8 (32, 32, 3) image."""
     outputs = probe_model(_batch(image), training=False)
     return {n: checkerboard(np.asarray(outputs[n][0])) for n in upsampled_blocks(probe_model)}
+
+
+def untrained_checkerboards(config: ModelConfig, images: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """The median checkerboard score of each upsampling block of `config`'s network at its initial weights (seeded)
+    over uint8 (n, 32, 32, 3) images: what the upsampling itself does, before training shapes it."""
+    keras.utils.set_random_seed(seed)
+    probe_model = probe(build_model(config))
+    scores = [checkerboards(probe_model, image) for image in images]
+    return {name: float(np.median([s[name] for s in scores])) for name in upsampled_blocks(probe_model)}

@@ -1,10 +1,11 @@
 """Architecture: every ModelConfig knob, with the network's cost updated on each change."""
 
+import numpy as np
 import streamlit as st
 
-from deconv import glossary
-from deconv.config import IMAGE_SIZE, PRESETS
-from deconv.cost import describe
+from deconv import data, glossary, samples
+from deconv.config import IMAGE_SIZE, PRESETS, ModelConfig, field_spec
+from deconv.cost import HEAVY_FLOPS, describe
 from pages.parts import first_visit, settings, text
 from pages.parts.settings import LENGTH, config_widget
 from pages.parts.state import MODEL, TRAIN
@@ -12,6 +13,7 @@ from pages.parts.state import MODEL, TRAIN
 first_visit.require_app()
 
 SLOW_EPOCH_SECONDS = 300  # above this, say plainly that training will be slow
+CHECKERBOARD_IMAGES = 16  # test images the checkerboard score is measured on
 
 
 def use_preset(name: str) -> None:
@@ -19,6 +21,41 @@ def use_preset(name: str) -> None:
     st.session_state[MODEL] = PRESETS[name]
     st.session_state.pop(f"{MODEL}.error", None)
     settings.sync_widgets(MODEL)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def upsampling_ab(config: ModelConfig) -> dict[str, dict[str, float]]:
+    """Checkerboard scores of the network at its initial weights, with each way of upsampling, on test images."""
+    from deconv import explain
+
+    source = data.find_data()
+    if source is not None:
+        pictures = data.read_test(source)[0][:CHECKERBOARD_IMAGES]
+    else:
+        pictures = samples.synthetic_images(np.arange(CHECKERBOARD_IMAGES) % 10, seed=0).reshape(
+            -1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
+    return {way: explain.untrained_checkerboards(config.replace(upsample=way), pictures)
+            for way in field_spec(ModelConfig, "upsample").choices}
+
+
+def checkerboard_scores(config: ModelConfig) -> None:
+    """On request: the checkerboard score of each upsampling layer, for both ways of upsampling, side by side."""
+    if not config.deconv_shapes() or describe(config).flops > HEAVY_FLOPS:
+        return
+    if not st.toggle("Measure the checkerboard score of each upsampling layer", key="architecture.checkerboard",
+                     help="the spread of a map's mean over the stride's 2x2 positions, over its mean: 0 is even"):
+        return
+    try:
+        with st.spinner("Running test images through the network, both ways of upsampling..."):
+            scores = upsampling_ab(config)
+    except data.DataError as e:
+        st.error(f"{e}.")
+        return
+    st.dataframe([{"layer": layer, **{f"{way} (score)": round(scores[way][layer], 2) for way in scores}}
+                  for layer in scores[config.upsample]], hide_index=True, width="stretch")
+    st.caption(f"Median over {CHECKERBOARD_IMAGES} CIFAR-10 test images, of this network at its initial weights, "
+               "with each upsampling: what the layer does before training shapes it. Classify → Look inside shows "
+               "a trained model's score. README: how the two compare once trained.")
 
 
 st.title("Architecture")
@@ -93,14 +130,17 @@ with right:
     shapes = config.deconv_shapes()
     st.dataframe([{"layer": d.layer, "input": f"{d.size_in}x{d.size_in}",
                    "output": f"{d.size_out}x{d.size_out}", "kernel": d.kernel, "stride": d.stride,
-                   "overlap": "uneven: checkerboard risk" if d.uneven else "even"} for d in shapes],
+                   "overlap": "uneven: checkerboard risk" if d.uneven else "even (resize)" if d.resize else "even"}
+                  for d in shapes],
                  hide_index=True, width="stretch")
     st.caption("With padding 'same' a transposed convolution's output is its input times the stride "
-               "(with 'valid' it would be (input − 1) × stride + kernel).")
+               "(with 'valid' it would be (input − 1) × stride + kernel); so is a resize's (UpSampling2D).")
     if any(d.uneven for d in shapes):
         d = next(d for d in shapes if d.uneven)
         st.warning(f"**Checkerboard risk:** kernel {d.kernel} is not divisible by stride {d.stride}, so neighbouring "
                    "output pixels receive different numbers of kernel contributions, the uneven overlap that "
                    "paints checkerboard patterns into upsampled maps. Use a kernel that is a multiple of the "
-                   f"stride ({', '.join(str(k) for k in range(d.stride, 8, d.stride))}) or stride 1.",
+                   f"stride ({', '.join(str(k) for k in range(d.stride, 8, d.stride))}), stride 1, or resize upsampling "
+                   "(UpSampling2D then a Conv2D: every output pixel sees the same overlap).",
                    icon=":material/grid_on:")
+    checkerboard_scores(config)

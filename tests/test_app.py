@@ -456,3 +456,19 @@ def test_a_training_longer_than_the_server_allows_is_refused_with_the_reason(app
     assert not at.exception and "Not started: This training would take about" in at.warning[0].value
     assert not at.warning[0].value.endswith("..")
     assert server.job_manager().active_job(at.session_state["client"]) is None
+
+
+def test_resize_upsampling_clears_the_checkerboard_warning_and_scores_lower(app_env: Path, page) -> None:
+    at = page("pages/architecture.py")
+    at.slider(key="w.model_config.deconv_kernel").set_value(3).run()
+    assert "Checkerboard risk" in at.warning[0].value and "resize upsampling" in at.warning[0].value
+    at.toggle(key="architecture.checkerboard").set_value(True).run()
+    assert not at.exception
+    scores = at.dataframe[-1].value
+    assert list(scores["layer"]) == ["up1_deconv"]
+    transpose, resize = float(scores["transpose (score)"][0]), float(scores["resize (score)"][0])
+    assert transpose > 2 * resize  # a 3x3 kernel at stride 2 paints a grid; repeat-then-convolve does not
+    next(r for r in at.radio if "upsample" in (r.key or "")).set_value("resize").run()
+    assert not at.warning and list(at.dataframe[1].value["overlap"]) == ["even (resize)"]
+    assert describe(ModelConfig(deconv_kernel=3, upsample="resize")).params == int(
+        metric(at, "Parameters").replace(",", ""))
