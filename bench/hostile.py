@@ -94,26 +94,19 @@ class Watch(MemorySampler):
         """The sum of the peaks of the children running now."""
         return round(sum(proc_kib(p, "VmHWM") for p in self.children()) / 1024, 1)
 
-    def run(self) -> None:
-        while not self.halt.wait(self.every):
-            server = self.rss(self.pid)
-            if not server:
-                return
-            kids = self.children()
-            self.descendants.update(kids)
-            with self.lock:
-                for pid in kids:
-                    self.child_hwm[pid] = max(self.child_hwm.get(pid, 0), proc_kib(pid, "VmHWM"))
-            tree = server + sum(self.rss(p) for p in kids)
-            self.peak_tree = max(self.peak_tree, tree)
-            if tree > self.limit:
-                self.killed = f"killed by the bench: its process tree held {tree / MIB:,.0f} MiB"
-                for pid in [*kids, self.pid]:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                return
+    def observe(self, kids: dict[int, int], tree: int) -> None:
+        """Keep every child's peak; kill the whole tree once it holds more than the limit."""
+        with self.lock:
+            for pid in kids:
+                self.child_hwm[pid] = max(self.child_hwm.get(pid, 0), proc_kib(pid, "VmHWM"))
+        if tree > self.limit:
+            self.killed = f"killed by the bench: its process tree held {tree / MIB:,.0f} MiB"
+            for pid in [*kids, self.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.halt.set()  # nothing left to watch
 
 
 class Server:

@@ -135,17 +135,26 @@ class MemorySampler(threading.Thread):
         """The descendants seen while sampling that still run (the same processes, not reused pids)."""
         return [pid for pid, started in self.descendants.items() if (st := self.stat(pid)) and st[1] == started]
 
+    def sample(self) -> bool:
+        """Take one sample and update the peaks; False once the process is gone."""
+        server = self.rss(self.pid)
+        if not server:
+            return False
+        kids = self.children()
+        self.descendants.update(kids)
+        children = sum(self.rss(p) for p in kids)
+        self.peak_server = max(self.peak_server, server)
+        self.peak_children = max(self.peak_children, children)
+        self.peak_tree = max(self.peak_tree, server + children)
+        self.observe(kids, server + children)
+        return True
+
+    def observe(self, kids: dict[int, int], tree: int) -> None:
+        """Called after every sample with the descendants and the tree's resident bytes (for subclasses)."""
+
     def run(self) -> None:
-        while not self.halt.wait(self.every):
-            server = self.rss(self.pid)
-            if not server:
-                return
-            kids = self.children()
-            self.descendants.update(kids)
-            children = sum(self.rss(p) for p in kids)
-            self.peak_server = max(self.peak_server, server)
-            self.peak_children = max(self.peak_children, children)
-            self.peak_tree = max(self.peak_tree, server + children)
+        while not self.halt.wait(self.every) and self.sample():
+            pass
 
 
 class Server:
