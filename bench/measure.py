@@ -127,8 +127,21 @@ def peak_rss() -> dict:
             "dataset_mb": (ds.x_train.nbytes + ds.x_val.nbytes) / 2**20}
 
 
+def checkerboard(run_dir: str, images: int = 64) -> dict:
+    """The median checkerboard score of each upsampling block of a trained run, over its first validation images."""
+    import numpy as np
+
+    from deconv import data, explain, runs
+
+    info = runs.read_run(run_dir)
+    probe = explain.probe(runs.load_model(run_dir))
+    x = data.validation_subset(info.train_config, data.get_data())[0][:images]
+    scores = [explain.checkerboards(probe, image) for image in x]
+    return {name: float(np.median([s[name] for s in scores])) for name in explain.upsampled_blocks(probe)}
+
+
 MEASUREMENTS = {"throughput": throughput, "plain_keras": plain_keras, "matmul": matmul, "latency": latency,
-                "peak_rss": peak_rss}
+                "peak_rss": peak_rss, "checkerboard": checkerboard}
 
 
 if __name__ == "__main__":

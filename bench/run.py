@@ -69,6 +69,26 @@ def time_to_accuracy(repeats: int) -> dict:
             "seconds_to_70": median_or_none([reached(c, 0.7) for c in curves]), "runs": curves}
 
 
+def upsampling(repeats: int) -> dict:
+    """`python -m deconv train` with transpose and with resize upsampling (seeds interleaved, so both see the same
+    machine load): validation accuracy, train seconds and the trained decoder's checkerboard score, medians."""
+    found: dict[str, dict[str, list[float]]] = {}
+    for seed in range(repeats):
+        for way in ("transpose", "resize"):
+            with tempfile.TemporaryDirectory() as tmp:
+                out = subprocess.run([PY, "-m", "deconv", "train", "--upsample", way, "--seed", str(seed),
+                                      "--out", f"{tmp}/run"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+                if out.returncode != 0:
+                    raise RuntimeError(out.stderr[-2000:])
+                summary = json.loads(out.stdout.strip().splitlines()[-1])
+                scores = child("checkerboard", run_dir=f"{tmp}/run")
+            row = found.setdefault(way, {"val_accuracy": [], "train_seconds": [], "checkerboard": []})
+            row["val_accuracy"].append(summary["val_accuracy"])
+            row["train_seconds"].append(summary["train_seconds"])
+            row["checkerboard"].append(statistics.mean(scores.values()))
+    return {way: {k: median(v) for k, v in row.items()} for way, row in found.items()}
+
+
 def app_path_ratio(repeats: int) -> dict:
     """The same small training through the app's JobManager (warm worker) and through the bare CLI."""
     from deconv.config import ModelConfig, TrainConfig
@@ -222,6 +242,7 @@ def main() -> None:
     run("first_batch", lambda: first_batch(r))
     if not args.quick:
         run("time_to_accuracy", lambda: time_to_accuracy(r))
+        run("upsampling", lambda: upsampling(r))
         run("app_path", lambda: app_path_ratio(r))
     (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
