@@ -320,7 +320,9 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
                                         f"compiling the training step{' with XLA' if xla else ''} and running the "
                                         f"first batch of {batch_size} images"})
     model.fit(train_data, validation_data=val_data, epochs=train_config.epochs,
-              callbacks=[progress, *(callbacks or [])], shuffle=False, verbose=0)  # the pipeline shuffles
+              callbacks=[*(callbacks or []), progress], shuffle=False, verbose=0)  # the pipeline shuffles
+    # (the caller's callbacks first: at an epoch's end they see model.stop_training as the epoch left it, before
+    # ProgressCallback's end-of-epoch agreement between workers)
     seconds = time.perf_counter() - start
     if strategy:
         model = distribute.single_device_copy(

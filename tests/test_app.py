@@ -256,6 +256,8 @@ def test_runs_page_lists_runs_and_reports_a_broken_one(app_env: Path, a_run: Pat
     assert not at.exception
     assert "broken-run" in at.error[0].value and "model.keras is missing" in at.error[0].value
     assert len(at.dataframe[0].value) == len(runs.list_runs(app_env)[0]) >= 1
+    assert f"tensorboard --logdir {app_env.resolve()}" in [c.value for c in at.code]  # how to open them all
+    assert "Run folder (zip)" in [b.proto.label for b in at.get("download_button")]
 
 
 def test_a_session_waiting_for_the_slot_sees_its_place_and_can_cancel(app_env: Path, page) -> None:
