@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from deconv import distribute
-from deconv.config import IMAGE_SIZE, NUM_CLASSES, ModelConfig, TrainConfig, epoch_batches
+from deconv.config import IMAGE_SIZE, NUM_CLASSES, SHIFT, ModelConfig, TrainConfig, epoch_batches
 from deconv.cost import describe
 from deconv.data import Dataset
 from deconv.inference import even_batch
@@ -22,7 +22,6 @@ from deconv.model import build_model
 Event = dict[str, Any]
 EventSink = Callable[[Event], None]
 
-SHIFT = 4  # augmentation shifts images by up to this many pixels
 PIPELINE_THREADS = 2  # batches gathered and augmented at once
 REPORT_INTERVAL = 0.5  # seconds between batch progress events: enough for the eye, no host sync per batch
 MEASURE_SECONDS = 1.0  # the speed (and time left) is reported once this many seconds of steps were timed

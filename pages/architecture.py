@@ -5,7 +5,7 @@ import streamlit as st
 from deconv import glossary
 from deconv.config import IMAGE_SIZE, PRESETS
 from deconv.cost import describe
-from pages.parts import first_visit, settings, text
+from pages.parts import first_visit, settings, take_home, text
 from pages.parts.settings import LENGTH, config_widget
 from pages.parts.state import MODEL, TRAIN
 
@@ -34,6 +34,7 @@ a.button("Fast default", on_click=use_preset, args=("default",), icon=":material
               "skip connection, adaptive pooling; trains in about a minute")
 b.button("The article's network", on_click=use_preset, args=("article",), icon=":material/menu_book:",
          help="the exact network of the article: 84,325,418 parameters")
+take_home.script_button()
 settings.config_error(MODEL)
 
 left, right = st.columns([1, 2], gap="large")

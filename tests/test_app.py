@@ -260,6 +260,14 @@ def test_runs_page_lists_runs_and_reports_a_broken_one(app_env: Path, a_run: Pat
     assert "Run folder (zip)" in [b.proto.label for b in at.get("download_button")]
 
 
+@pytest.mark.parametrize("name", ["pages/architecture.py", "pages/train.py"])
+def test_the_training_script_of_the_current_settings_downloads_from_architecture_and_train(app_env: Path, page,
+                                                                                           name: str) -> None:
+    at = page(name)
+    script = next(b for b in at.get("download_button") if b.proto.label == "Training script (.py)")
+    assert not at.exception and script.proto.url.endswith(".py") and "python deconv_lab_train.py" in script.proto.help
+
+
 def test_a_session_waiting_for_the_slot_sees_its_place_and_can_cancel(app_env: Path, page) -> None:
     from pages.parts import server
 
