@@ -369,10 +369,11 @@ def is_log_file(parts: tuple[str, ...]) -> bool:
 
 
 def log_files(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """The run's log files (see `is_log_file`) that are plain files, history.csv first."""
+    """The run's log files (see `is_log_file`), history.csv first: plain files, reached through no link."""
     path = Path(run_dir)
     found = [path / HISTORY_CSV] + sorted((path / TENSORBOARD_DIR).glob("*/events.out.tfevents.*"))
-    return [p for p in found if is_log_file(p.relative_to(path).parts) and p.is_file() and not p.is_symlink()]
+    return [p for p in found if is_log_file(p.relative_to(path).parts) and p.is_file()
+            and not any(step.is_symlink() for step in (p, *p.parents[:len(p.relative_to(path).parts) - 1]))]
 
 
 def tensorboard_command(root: str | os.PathLike[str]) -> str:

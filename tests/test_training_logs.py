@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import threading
 import zipfile
 from pathlib import Path
@@ -112,6 +113,19 @@ def test_an_exported_run_imports_with_its_logs(runs_root: Path, tmp_path: Path) 
     for log in runs.log_files(source):
         assert (added / log.relative_to(source)).read_bytes() == log.read_bytes()
     assert set(tensorboard_runs(tmp_path / "runs").Runs()) == {"run1/tensorboard/train", "run1/tensorboard/validation"}
+
+
+def test_a_run_folder_imports_with_its_logs_but_none_reached_through_a_link(runs_root: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(runs_root / "run1", elsewhere / "run1")
+    (elsewhere / "linked").mkdir()
+    for file in runs.FILES:
+        shutil.copy(runs_root / "run1" / file, elsewhere / "linked" / file)
+    (elsewhere / "linked" / runs.TENSORBOARD_DIR).symlink_to(runs_root / "run1" / runs.TENSORBOARD_DIR)
+    monkeypatch.setenv(run_import.FOLDER_IMPORT_ENV, str(elsewhere))
+    assert len(runs.log_files(run_import.import_run(str(elsewhere / "run1"), tmp_path / "runs", "run1"))) == 4
+    assert runs.log_files(run_import.import_run(str(elsewhere / "linked"), tmp_path / "runs", "linked")) == []
 
 
 def framed(*events: event_pb2.Event) -> bytes:
