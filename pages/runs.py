@@ -157,5 +157,6 @@ st.download_button("Run folder (zip)", data=lambda: runs.export_zip(run.path), f
                    help="model.keras, the settings, the history (also as history.csv) and the TensorBoard logs: "
                         "what Import above takes")
 st.markdown("**In TensorBoard:** every run's loss, accuracy and learning rate per epoch, the network's graph, and "
-            "each epoch's validation confusion matrix (under Images). Run this where the runs folder is:")
+            "each epoch's validation confusion matrix (under Images). Run this on the machine that holds the runs "
+            "folder:")
 st.code(runs.tensorboard_command(server.runs_dir()), language="bash")
