@@ -6,6 +6,7 @@ prints: events go to the caller's sink, and the result is a typed `Summary`.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -84,13 +85,14 @@ def run(experiment: Experiment, sink: EventSink, stop: threading.Event, warm: An
     """
     from deconv import data
 
-    summary = _run(experiment, sink, stop, data, warm)
+    with tempfile.TemporaryDirectory(prefix="deconv-logs-") as logs:  # history.csv and TensorBoard files, until saved
+        summary = _run(experiment, sink, stop, data, warm, Path(logs))
     end = {k: v for k, v in summary.to_json().items() if k not in ("status", "message")} if summary.run_dir else {}
     sink({"event": "end", **end, "status": summary.status, "message": summary.message})
     return summary
 
 
-def _run(experiment: Experiment, sink: EventSink, stop: threading.Event, data: Any, warm: Any) -> Summary:
+def _run(experiment: Experiment, sink: EventSink, stop: threading.Event, data: Any, warm: Any, logs: Path) -> Summary:
     """The steps of `run`; returns as soon as one fails."""
     sink({"event": "status", "message": "loading CIFAR-10"})
     try:
@@ -102,7 +104,7 @@ def _run(experiment: Experiment, sink: EventSink, stop: threading.Event, data: A
     sink({"event": "status", "message": "building the model", "data": dataset.source.describe()})
     import tensorflow as tf
 
-    from deconv import analysis, distribute, runs
+    from deconv import analysis, distribute, runs, training_logs
     from deconv.cost import describe
     from deconv.train import train
 
@@ -114,7 +116,8 @@ def _run(experiment: Experiment, sink: EventSink, stop: threading.Event, data: A
                                 f"{hint if experiment.strategy == 'multiworker' else ''}", cause="strategy")
     wall = time.time()
     try:
-        result = train(experiment.model, experiment.train, dataset, sink, stop, strategy=strategy, warm=warm)
+        result = train(experiment.model, experiment.train, dataset, sink, stop, strategy=strategy, warm=warm,
+                       callbacks=training_logs.callbacks(logs, dataset.label_names))
     except (tf.errors.OpError, MemoryError) as e:  # out of memory, or an op the machine cannot run
         return Summary("error", f"training failed: {first_line(e)}; try a smaller model or batch size", cause="training")
     cost = describe(experiment.model)
@@ -135,7 +138,7 @@ def _run(experiment: Experiment, sink: EventSink, stop: threading.Event, data: A
     sink({"event": "status", "message": "saving the run"})
     try:
         runs.save_run(experiment.out, result.model, experiment.model, experiment.train, result.history, meta,
-                      {analysis.REPORT_FILE: report.to_json()}, experiment.optimizer_state)
+                      {analysis.REPORT_FILE: report.to_json()}, experiment.optimizer_state, logs)
     except runs.RunError as e:
         return Summary("error", f"{result.message}, but {e}", cause="save")
     return Summary(result.status, result.message, experiment.out, epochs, result.train_seconds, val_accuracy,

@@ -5,11 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from deconv.config import IMAGE_SIZE, NUM_CLASSES, ModelConfig
+from deconv.config import BN_MOMENTUM, IMAGE_SIZE, NUM_CLASSES, ModelConfig
 from deconv.cost import describe  # noqa: F401  (re-exported: the cost of what build_model builds)
-
-# Keras' default 0.99 lags behind for the few hundred steps of a short run, making validation noisy.
-BN_MOMENTUM = 0.9
 
 
 def conv_block(x: keras.KerasTensor, filters: int, kernel: int, stride: int, name: str,

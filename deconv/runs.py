@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import shutil
 import tempfile
 import threading
@@ -38,6 +39,10 @@ QUOTA_ENV = "DECONV_RUNS_QUOTA"  # bytes the runs folder may hold (suffixes K, M
 DEFAULT_QUOTA = 5 * 2**30
 FILES = ("model.keras", "config.json", "history.json", "meta.json")
 OPTIONAL_FILES = ("report.json",)
+HISTORY_CSV = "history.csv"  # the epochs as Keras' CSVLogger wrote them
+TENSORBOARD_DIR = "tensorboard"  # the event files of Keras' TensorBoard callback: train/ and validation/
+TENSORBOARD_RUNS = ("train", "validation")
+EVENT_FILE = re.compile(r"events\.out\.tfevents\.\d{1,12}\.[A-Za-z0-9._-]{1,160}\.v2")  # time, host, pid, count
 MAX_JSON_BYTES = 1 << 20  # a run's JSON files are a few kB; larger ones are not parsed
 MODEL_MEMBERS = {"config.json": 1 << 20, "metadata.json": 1 << 16}  # what Keras writes in model.keras, capped;
 WEIGHTS_MEMBER = "model.weights.h5"  # ... and the weights, capped by what the run's network can hold
@@ -313,11 +318,12 @@ def _write_json(path: Path, data: Any) -> None:
 
 def save_run(run_dir: str | os.PathLike[str], model: Any, model_config: ModelConfig, train_config: TrainConfig,
              history: list[dict[str, Any]], meta: RunMeta, extra: dict[str, Any] | None = None,
-             optimizer_state: bool = True) -> Path:
+             optimizer_state: bool = True, logs: Path | None = None) -> Path:
     """Write a run directory atomically (with `extra` JSON files beside it); refuses to overwrite a non-empty one.
 
     Without `optimizer_state`, model.keras holds the network and its weights only (a third of the size with Adam):
-    what a shipped model needs, since a run is never trained further.
+    what a shipped model needs, since a run is never trained further. `logs` is the folder the training wrote its
+    history.csv and TensorBoard files into (deconv.training_logs): they are copied into the run.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
@@ -331,6 +337,8 @@ def save_run(run_dir: str | os.PathLike[str], model: Any, model_config: ModelCon
     except OSError as e:
         raise RunError(f"cannot create the run in {parent}: {e.strerror or e}") from None
     try:
+        if logs is not None:
+            shutil.copytree(logs, tmp, dirs_exist_ok=True)
         if not optimizer_state:
             from deconv.model import build_model
 
@@ -351,6 +359,39 @@ def save_run(run_dir: str | os.PathLike[str], model: Any, model_config: ModelCon
         shutil.rmtree(tmp, ignore_errors=True)
         raise RunError(f"could not save the run to {run_dir}: {e.strerror or e}") from None
     return run_dir
+
+
+def is_log_file(parts: tuple[str, ...]) -> bool:
+    """Whether a path inside a run folder, as its parts, names one of the run's logs: history.csv or a TensorBoard
+    event file in tensorboard/train or tensorboard/validation."""
+    return parts == (HISTORY_CSV,) or (len(parts) == 3 and parts[0] == TENSORBOARD_DIR
+                                       and parts[1] in TENSORBOARD_RUNS and bool(EVENT_FILE.fullmatch(parts[2])))
+
+
+def log_files(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The run's log files (see `is_log_file`), history.csv first: plain files, reached through no link."""
+    path = Path(run_dir)
+    found = [path / HISTORY_CSV] + sorted((path / TENSORBOARD_DIR).glob("*/events.out.tfevents.*"))
+    return [p for p in found if is_log_file(p.relative_to(path).parts) and p.is_file()
+            and not any(step.is_symlink() for step in (p, *p.parents[:len(p.relative_to(path).parts) - 1]))]
+
+
+def tensorboard_command(root: str | os.PathLike[str]) -> str:
+    """The shell command that opens every run under the runs folder `root` in TensorBoard."""
+    return f"tensorboard --logdir {shlex.quote(str(Path(root).resolve()))}"
+
+
+def export_zip(run_dir: str | os.PathLike[str]) -> bytes:
+    """A .zip of the run folder as the Runs page's import takes it: its files and logs under a folder of its name."""
+    path = Path(run_dir)
+    files = [path / f for f in (*FILES, *OPTIONAL_FILES) if (path / f).is_file()] + log_files(path)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in files:
+            stored = file.suffix == ".keras"  # a zip already: deflating it again gains little and takes long
+            archive.write(file, f"{path.name}/{file.relative_to(path).as_posix()}",
+                          zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
+    return out.getvalue()
 
 
 def _read_json(path: Path) -> Any:

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from deconv import distribute
-from deconv.config import IMAGE_SIZE, NUM_CLASSES, ModelConfig, TrainConfig, epoch_batches
+from deconv.config import IMAGE_SIZE, NUM_CLASSES, SHIFT, ModelConfig, TrainConfig, epoch_batches
 from deconv.cost import describe
 from deconv.data import Dataset
 from deconv.inference import even_batch
@@ -22,7 +22,6 @@ from deconv.model import build_model
 Event = dict[str, Any]
 EventSink = Callable[[Event], None]
 
-SHIFT = 4  # augmentation shifts images by up to this many pixels
 PIPELINE_THREADS = 2  # batches gathered and augmented at once
 REPORT_INTERVAL = 0.5  # seconds between batch progress events: enough for the eye, no host sync per batch
 MEASURE_SECONDS = 1.0  # the speed (and time left) is reported once this many seconds of steps were timed
@@ -320,7 +319,9 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
                                         f"compiling the training step{' with XLA' if xla else ''} and running the "
                                         f"first batch of {batch_size} images"})
     model.fit(train_data, validation_data=val_data, epochs=train_config.epochs,
-              callbacks=[progress, *(callbacks or [])], shuffle=False, verbose=0)  # the pipeline shuffles
+              callbacks=[*(callbacks or []), progress], shuffle=False, verbose=0)  # the pipeline shuffles
+    # (the caller's callbacks first: at an epoch's end they see model.stop_training as the epoch left it, before
+    # ProgressCallback's end-of-epoch agreement between workers)
     seconds = time.perf_counter() - start
     if strategy:
         model = distribute.single_device_copy(

@@ -6,7 +6,7 @@ import streamlit as st
 from deconv import data, glossary, samples
 from deconv.config import IMAGE_SIZE, PRESETS, ModelConfig, field_spec
 from deconv.cost import HEAVY_FLOPS, describe
-from pages.parts import first_visit, settings, text
+from pages.parts import first_visit, settings, take_home, text
 from pages.parts.settings import LENGTH, config_widget
 from pages.parts.state import MODEL, TRAIN
 
@@ -71,6 +71,7 @@ a.button("Fast default", on_click=use_preset, args=("default",), icon=":material
               "skip connection, adaptive pooling; trains in about a minute")
 b.button("The article's network", on_click=use_preset, args=("article",), icon=":material/menu_book:",
          help="the exact network of the article: 84,325,418 parameters")
+take_home.script_button()
 settings.config_error(MODEL)
 
 left, right = st.columns([1, 2], gap="large")

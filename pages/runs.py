@@ -152,6 +152,14 @@ with d.popover("Delete", icon=":material/delete:", width="stretch"):
         st.button("Delete this run", type="primary", disabled=not sure, on_click=delete, args=(str(run.path),))
     else:
         st.caption("Only whoever trained or imported this run can delete it.")
+st.download_button("Run folder (zip)", data=lambda: runs.export_zip(run.path), file_name=f"{run.name}.zip",
+                   mime="application/zip", icon=":material/folder_zip:", on_click="ignore",
+                   help="model.keras, the settings, the history (also as history.csv) and the TensorBoard logs: "
+                        "what Import above takes")
+st.markdown("**In TensorBoard:** every run's loss, accuracy and learning rate per epoch, the network's graph, and "
+            "each epoch's validation confusion matrix (under Images). Run this on the machine that holds the runs "
+            "folder:")
+st.code(runs.tensorboard_command(server.runs_dir()), language="bash")
 
 st.markdown("**On its validation images**")
 try:

@@ -11,7 +11,7 @@ import streamlit as st
 
 from deconv import analysis, charts, data, images, jobs, runs
 from deconv.cost import describe
-from pages.parts import confusion, first_visit, server, settings, state, text
+from pages.parts import confusion, first_visit, server, settings, state, take_home, text
 from pages.parts.settings import config_widget
 from pages.parts.state import MODEL, SAVE_PROBLEM, TRAIN
 
@@ -211,6 +211,7 @@ with left:
         st.caption(f"Data: {source.describe()}, {n_train:,} training and {n_test:,} test images.")
     else:
         st.caption(f"CIFAR-10 is not on this machine: the first training downloads it ({data.ARCHIVE_MB} MB).")
+    take_home.script_button()
 
 with right:
     model_config, train_config = st.session_state[MODEL], st.session_state[TRAIN]

@@ -256,6 +256,16 @@ def test_runs_page_lists_runs_and_reports_a_broken_one(app_env: Path, a_run: Pat
     assert not at.exception
     assert "broken-run" in at.error[0].value and "model.keras is missing" in at.error[0].value
     assert len(at.dataframe[0].value) == len(runs.list_runs(app_env)[0]) >= 1
+    assert f"tensorboard --logdir {app_env.resolve()}" in [c.value for c in at.code]  # how to open them all
+    assert "Run folder (zip)" in [b.proto.label for b in at.get("download_button")]
+
+
+@pytest.mark.parametrize("name", ["pages/architecture.py", "pages/train.py"])
+def test_the_training_script_of_the_current_settings_downloads_from_architecture_and_train(app_env: Path, page,
+                                                                                           name: str) -> None:
+    at = page(name)
+    script = next(b for b in at.get("download_button") if b.proto.label == "Training script (.py)")
+    assert not at.exception and script.proto.url.endswith(".py") and "python deconv_lab_train.py" in script.proto.help
 
 
 def test_a_session_waiting_for_the_slot_sees_its_place_and_can_cancel(app_env: Path, page) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deconv import samples
+from deconv import runs, samples
 from deconv.cli import build_parser
 from deconv.samples import write_cifar
 
@@ -71,8 +71,9 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_writes_a_run_and_a_progress_file(trained_run: Path) -> None:
-    assert sorted(p.name for p in trained_run.iterdir()) == ["config.json", "history.json", "meta.json", "model.keras",
-                                                             "report.json"]
+    assert sorted(p.name for p in trained_run.iterdir()) == ["config.json", "history.csv", "history.json", "meta.json",
+                                                             "model.keras", "report.json", "tensorboard"]
+    assert len(runs.log_files(trained_run)) == 4  # history.csv, TensorBoard's train and validation files, the images
 
 
 def test_the_run_records_who_trained_it(trained_run: Path, tmp_path: Path) -> None:
