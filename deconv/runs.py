@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import io
 import json
 import math
@@ -344,11 +345,11 @@ def save_run(run_dir: str | os.PathLike[str], model: Any, model_config: ModelCon
             meta, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), versions=library_versions())))
         for file, content in (extra or {}).items():
             _write_json(tmp / file, content)
-        if run_dir.exists():
-            run_dir.rmdir()
-        tmp.rename(run_dir)
+        tmp.rename(run_dir)  # one step: replaces the empty folder that reserved the name, never a saved run
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):  # another server sharing the folder saved there meanwhile
+            raise RunError(f"{run_dir} already exists and is not empty: choose another --out") from None
         raise RunError(f"could not save the run to {run_dir}: {e.strerror or e}") from None
     return run_dir
 
