@@ -354,6 +354,20 @@ def save_run(run_dir: str | os.PathLike[str], model: Any, model_config: ModelCon
     return run_dir
 
 
+def run_archive(run_dir: str | os.PathLike[str]) -> bytes:
+    """A run as the bytes of a .zip of its folder (its own files only): what `run_import.import_run` takes back."""
+    path = Path(run_dir)
+    buffer = io.BytesIO()
+    try:
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in (*FILES, *OPTIONAL_FILES):
+                if (path / file).is_file():
+                    archive.write(path / file, f"{path.name}/{file}")
+    except OSError as e:
+        raise RunError(f"cannot read the run {path.name}: {e.strerror or e}") from None
+    return buffer.getvalue()
+
+
 def _read_json(path: Path) -> Any:
     """Parse a run's JSON file (at most MAX_JSON_BYTES), or RunError naming it."""
     try:
