@@ -40,6 +40,9 @@ from deconv.runs import RunError, run_archive  # noqa: E402
 CPUS_ENV = "DECONV_RAY_CPUS"  # CPUs one training asks of Ray; its TensorFlow uses as many threads
 DEFAULT_CPUS = 2
 CONNECT_SECONDS = 3.0  # a cluster address that accepts no connection within this is unreachable
+# Ray Client starts a server process for each connection; on a loaded machine that start failed now and then
+# ("Initialization failure from server", the forked process dying at once: 1 in 5 tries at load 10 here).
+CONNECT_ATTEMPTS = 3
 FOLLOW_SECONDS = 1.0  # how often a job's new events are fetched from its actor
 WATCH_SECONDS = 5.0  # how often the cluster's nodes are counted
 CALL_SECONDS = 60.0  # a cluster that answers no call for this long is taken as lost
@@ -96,11 +99,17 @@ class Cluster:
             raise ClusterUnreachable(f"the Ray cluster at {self.where} cannot be reached ({problem})")
         if ray.is_initialized():  # one connection per process: a new manager (a cleared cache) takes it over
             ray.shutdown()
-        try:
-            ray.init(self.address, runtime_env={"py_modules": [str(PACKAGE)]}, log_to_driver=False,
-                     logging_level=logging.WARNING)
-        except (ConnectionError, RuntimeError, ValueError, RayError) as e:
-            raise ClusterUnreachable(f"the Ray cluster at {self.where} cannot be reached ({_reason(e)})") from None
+        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            try:
+                ray.init(self.address, runtime_env={"py_modules": [str(PACKAGE)]}, log_to_driver=False,
+                         logging_level=logging.WARNING)
+                break
+            except (ConnectionError, RuntimeError, ValueError, RayError) as e:
+                if ray.is_initialized():
+                    ray.shutdown()
+                if attempt == CONNECT_ATTEMPTS:
+                    raise ClusterUnreachable(f"the Ray cluster at {self.where} cannot be reached ({_reason(e)})") \
+                        from None
         self.slots, self.largest_memory = 0, 0
         self._count_nodes()
         self._closing = threading.Event()
