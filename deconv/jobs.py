@@ -502,10 +502,15 @@ class JobManager:
                     del self._sessions[owner]
                     self._gone_since.pop(owner, None)
 
+    def memory_check(self, model_config: ModelConfig, train_config: TrainConfig) -> MemoryCheck:
+        """The training's estimated peak memory against where it would run: this machine, or the cluster's largest
+        node."""
+        return self.cluster.memory_check(model_config, train_config) if self.cluster else \
+            memory_check(model_config, train_config)
+
     def _admit(self, model_config: ModelConfig, train_config: TrainConfig) -> None:
         """Raise JobRefused if this server should not take the training (what the user can change is checked first)."""
-        memory = self.cluster.memory_check(model_config, train_config) if self.cluster else \
-            memory_check(model_config, train_config)
+        memory = self.memory_check(model_config, train_config)
         if not memory.fits:
             raise JobRefused(f"Not enough memory for this training: it would need {memory.describe()}. Use a smaller "
                              "batch size or fewer or narrower blocks, or try again when other trainings have ended.",
@@ -660,8 +665,8 @@ class JobManager:
         if self.cluster is not None:  # every job goes to Ray at once; its scheduler starts each when a node has room
             for job in [j for j in self.jobs if j.state == "queued" and j.remote is None]:
                 experiment = Experiment(job.model_config, job.train_config, job.run_dir, owner=job.owner)
-                job.remote = self.cluster.submit(experiment, job.progress_path, self.cluster.memory_check(
-                    job.model_config, job.train_config).needed)
+                job.remote = self.cluster.submit(experiment, job.progress_path,
+                                                 self.memory_check(job.model_config, job.train_config).needed)
             return
         free = self.max_jobs - len(self.running())
         for job in [j for j in self.jobs if j.state == "queued"][:max(free, 0)]:
