@@ -10,10 +10,16 @@ slot limit and the queue, refuses trainings the machine cannot take, and deletes
 earlier server lives when it starts. Its one background thread belongs to it, only watches processes
 and files, and ends with `shutdown()`. Every child holds a lifeline to the server (see `Lifeline`)
 and ends itself when the server is gone, even after a SIGKILL.
+
+DECONV_JOBS chooses where trainings run: `local` (the default: the worker processes above) or a Ray cluster
+(`ray://HOST:10001`, or `auto` for RAY_ADDRESS), where each job is an actor placed by Ray's scheduler (see
+deconv.ray_jobs, imported only then). A cluster that cannot be reached, at start-up or later, sends trainings back
+to the local workers, and the manager's `notice` and each such job's messages say so.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import os
@@ -37,12 +43,14 @@ from deconv.lifeline import Lifeline, spawn
 MAX_JOBS_ENV = "DECONV_MAX_JOBS"
 MAX_QUEUE_ENV = "DECONV_MAX_QUEUE"
 MAX_JOB_SECONDS_ENV = "DECONV_MAX_JOB_SECONDS"
+JOBS_ENV = "DECONV_JOBS"  # local (default), auto (the Ray cluster at RAY_ADDRESS) or ray://HOST:PORT
 DEFAULT_MAX_QUEUE = 20
 DEFAULT_MAX_JOB_SECONDS = 2 * 3600.0  # by the estimate of deconv.cost: longer trainings are refused
 JOB_ID = re.compile(r"[0-9a-f]{12}")  # a job's id and the name of its folder in jobs_dir
 ACTIVE = ("queued", "starting", "running")
 OWNER_GRACE_SECONDS = 15.0  # a job whose browser session has been gone this long is stopped
 STOP_GRACE_SECONDS = 60.0  # a job still running this long after Stop is killed
+TOUCH_SECONDS = 120.0  # a waiting job's folder is touched this often, so no server sweeps it
 KEEP_ENDED_SECONDS = 24 * 3600  # an ended job is forgotten (and its logs deleted) after this long
 
 
@@ -52,6 +60,7 @@ class MemoryCheck:
 
     needed: int
     available: int
+    where: str = "this machine has free"  # whose memory `available` is
 
     @property
     def fits(self) -> bool:
@@ -65,7 +74,7 @@ class MemoryCheck:
 
     def describe(self) -> str:
         """'about 18.2 GiB of the 21.4 GiB this machine has free'."""
-        return f"about {self.needed / 2**30:.1f} GiB of the {self.available / 2**30:.1f} GiB this machine has free"
+        return f"about {self.needed / 2**30:.1f} GiB of the {self.available / 2**30:.1f} GiB {self.where}"
 
 
 def available_memory_bytes() -> int:
@@ -131,6 +140,21 @@ def max_jobs_from_env(default: int = 1) -> int:
         return max(1, int(os.environ.get(MAX_JOBS_ENV, default)))
     except ValueError:
         return default
+
+
+def jobs_backend_from_env() -> str:
+    """DECONV_JOBS as given: "local" when unset or empty (checked by `backend_address`)."""
+    return os.environ.get(JOBS_ENV, "").strip() or "local"
+
+
+def backend_address(value: str) -> str | None:
+    """None for the local workers, or the Ray address to connect to; ValueError says what is allowed."""
+    if value == "local":
+        return None
+    if value == "auto" or re.fullmatch(r"ray://[A-Za-z0-9.\-\[\]:]+:\d{1,5}", value):
+        return value
+    raise ValueError(f"{JOBS_ENV}={value[:80]!r} is not a place to run trainings: use local, auto (the Ray cluster "
+                     "at RAY_ADDRESS) or ray://HOST:10001")
 
 
 def max_queue_from_env(default: int = DEFAULT_MAX_QUEUE) -> int:
@@ -212,7 +236,10 @@ class Job:
     ended: float | None = None
     proc: subprocess.Popen | None = None
     lifeline: Lifeline | None = None  # held while the trainer runs; closing it ends the trainer
+    remote: Any = None  # a deconv.ray_jobs.RemoteTraining while the job is on a Ray cluster (then proc is None)
+    note: str = ""  # where it ran when that is not where DECONV_JOBS says: added to its final message
     stop_requested: float = 0.0  # when Stop was asked (0: not asked)
+    touched: float = field(default_factory=time.time)  # when its folder was last marked as in use
     _events: list[dict[str, Any]] = field(default_factory=list)
     _offset: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -282,13 +309,15 @@ class JobManager:
     """Runs at most `max_jobs` trainings at once for all sessions, queues the rest, reaps and cleans up."""
 
     # is_alive(session): whether a browser session is still open. max_queue and max_job_seconds bound what submit
-    # accepts; None reads them from DECONV_MAX_QUEUE and DECONV_MAX_JOB_SECONDS.
+    # accepts; None reads them from DECONV_MAX_QUEUE and DECONV_MAX_JOB_SECONDS. backend: "local", "auto" or
+    # "ray://HOST:PORT" (None reads DECONV_JOBS); with a cluster, max_jobs becomes the trainings it can run at once.
 
     def __init__(self, jobs_dir: Path, max_jobs: int = 1, is_alive: Callable[[str], bool] | None = None,
                  warm: bool = True, poll_seconds: float = 0.25, env: dict[str, str] | None = None,
-                 max_queue: int | None = None, max_job_seconds: float | None = None) -> None:
+                 max_queue: int | None = None, max_job_seconds: float | None = None,
+                 backend: str | None = None) -> None:
         self.jobs_dir = Path(jobs_dir)
-        self.max_jobs = max_jobs
+        self.max_jobs = self.local_max_jobs = max_jobs
         self.max_queue = max_queue_from_env() if max_queue is None else max_queue
         self.max_job_seconds = max_job_seconds_from_env() if max_job_seconds is None else max_job_seconds
         self.is_alive = is_alive or (lambda session: True)
@@ -300,8 +329,12 @@ class JobManager:
         self._sessions: dict[str, set[str]] = {}  # owner -> its open browser sessions (one per tab)
         self._lock = threading.RLock()
         self._stopping = threading.Event()
+        self.cluster: Any = None  # a deconv.ray_jobs.Cluster while trainings go to Ray
+        self._lost_clusters: list[Any] = []  # clusters given up on, closed at shutdown
+        self.notice = ""  # why trainings run on this server although DECONV_JOBS names a cluster
         self.sweep()
-        if warm:
+        self._connect(jobs_backend_from_env() if backend is None else backend)
+        if warm and self.cluster is None:
             self._top_up_workers()
         self._thread = threading.Thread(target=self._loop, args=(poll_seconds,), name="deconv-jobs", daemon=True)
         self._thread.start()
@@ -318,7 +351,7 @@ class JobManager:
             try:
                 self._admit(model_config, train_config)
             except JobRefused:
-                _give_back(Path(run_dir))  # the caller reserved it for this job
+                give_back(Path(run_dir))  # the caller reserved it for this job
                 raise
             job_id = uuid.uuid4().hex[:12]
             job = Job(job_id, owner, model_config, train_config, Path(run_dir), self.jobs_dir / job_id)
@@ -374,11 +407,29 @@ class JobManager:
         with self._lock:
             return [j for j in self.jobs if j.state in ("starting", "running")]
 
+    def estimated_start(self, job: Job) -> float | None:
+        """Seconds until a queued job should start, by the cost model's estimates of the jobs ahead of it in this
+        app's order (with Ray: of those Ray has not started yet); None if it is not queued or no slot exists."""
+        with self._lock:
+            queued = [j for j in self.jobs if j.state == "queued"]
+            if job not in queued or self.max_jobs < 1:
+                return None
+            busy = sorted(_estimate(j) * (1 - j.fraction_done()) for j in self.running())
+            slots = sorted(busy + [0.0] * max(0, self.max_jobs - len(busy)))[:self.max_jobs]
+            for ahead in queued[:queued.index(job)]:  # each takes the slot that frees first
+                heapq.heapreplace(slots, slots[0] + _estimate(ahead))
+            return slots[0]
+
     def stop(self, job: Job) -> None:
         """Cancel a queued job, or ask a running one to stop after its current batch and save."""
         with self._lock:
             if job.state == "queued":
+                if job.remote is not None:  # submitted, but Ray has not placed it yet
+                    job.remote.cancel()
                 self._end(job, "cancelled", "cancelled while waiting for a training slot")
+            elif job.active and job.remote is not None and not job.stop_requested:
+                job.stop_requested = time.time()
+                job.remote.stop()
             elif job.active and job.proc is not None and not job.stop_requested:
                 job.stop_requested = time.time()
                 try:
@@ -396,7 +447,11 @@ class JobManager:
             for w in self.workers:
                 w.kill()
             self.workers.clear()
+        deadline = time.time() + 30
         for job in list(self.jobs):
+            if job.remote is not None:  # its run comes back and is imported, as a local one saves
+                job.remote.join(timeout=max(0.0, deadline - time.time()))
+                job.remote.kill("the app server stopped")
             if job.proc is not None:
                 try:
                     job.proc.wait(timeout=30)
@@ -405,6 +460,9 @@ class JobManager:
             if job.lifeline is not None:
                 job.lifeline.close()
         self._thread.join(timeout=5)
+        for cluster in [self.cluster, *self._lost_clusters]:
+            if cluster is not None:
+                cluster.close()
 
     # ---- the watcher
 
@@ -419,10 +477,15 @@ class JobManager:
         """Reap ended processes, stop jobs whose session is gone, start queued jobs in free slots."""
         with self._lock:
             now = time.time()
+            if self.cluster is not None:
+                self._follow_cluster()
             for job in self.jobs:
                 if job.active:
                     self._check_owner(job, now)
-                if job.state in ("starting", "running") and job.proc is not None:
+                    self._touch(job, now)
+                if job.remote is not None and job.active:
+                    self._follow_remote(job, now)
+                elif job.state in ("starting", "running") and job.proc is not None:
                     if job.state == "starting" and job.latest("start"):
                         job.state = "running"
                     if job.proc.poll() is not None:
@@ -439,9 +502,15 @@ class JobManager:
                     del self._sessions[owner]
                     self._gone_since.pop(owner, None)
 
+    def memory_check(self, model_config: ModelConfig, train_config: TrainConfig) -> MemoryCheck:
+        """The training's estimated peak memory against where it would run: this machine, or the cluster's largest
+        node."""
+        return self.cluster.memory_check(model_config, train_config) if self.cluster else \
+            memory_check(model_config, train_config)
+
     def _admit(self, model_config: ModelConfig, train_config: TrainConfig) -> None:
         """Raise JobRefused if this server should not take the training (what the user can change is checked first)."""
-        memory = memory_check(model_config, train_config)
+        memory = self.memory_check(model_config, train_config)
         if not memory.fits:
             raise JobRefused(f"Not enough memory for this training: it would need {memory.describe()}. Use a smaller "
                              "batch size or fewer or narrower blocks, or try again when other trainings have ended.",
@@ -457,6 +526,92 @@ class JobManager:
                        "this server queues" if self.max_queue else "every training slot is busy and this server keeps "
                        "no queue")
             raise JobRefused(f"The server is full: {waiting}. Try again in a few minutes.", "queue")
+
+    # ---- where trainings run: the local workers, or a Ray cluster
+
+    def _connect(self, value: str) -> None:
+        """Send trainings to the Ray cluster DECONV_JOBS names, or keep them here and say why."""
+        try:
+            address = backend_address(value)
+        except ValueError as e:
+            self._fall_back(str(e))
+            return
+        if address is None:
+            return
+        try:
+            from deconv import ray_jobs  # only here: the local path never imports ray
+        except ImportError:
+            self._fall_back(f"{JOBS_ENV}={value} needs Ray, which is not installed on this server (pip install -r "
+                            "requirements-ray.txt)")
+            return
+        try:
+            self.cluster = ray_jobs.Cluster(address)
+        except ray_jobs.ClusterUnreachable as e:
+            self._fall_back(str(e))
+            return
+        self.max_jobs = self.cluster.slots
+
+    def _fall_back(self, reason: str) -> None:
+        """Train on this server from now on, and say why (the notice, and each such job's messages)."""
+        print(f"deconv jobs: {reason}; trainings run on this server", file=sys.stderr)
+        self.notice = reason
+        if self.cluster is not None:  # kept until shutdown: jobs it runs still end through it, with an error
+            self._lost_clusters.append(self.cluster)
+            self.cluster = None
+            for job in self.jobs:  # those Ray has not started run here instead
+                if job.state == "queued" and job.remote is not None:
+                    job.remote.cancel()
+                    job.remote = None
+        self.max_jobs = self.local_max_jobs
+        if self.warm:
+            self._top_up_workers()
+
+    def _follow_cluster(self) -> None:
+        """Take up a cluster that was lost, or its size as it is now."""
+        if self.cluster.lost:
+            self._fall_back(self.cluster.lost)
+        else:
+            self.max_jobs = self.cluster.slots
+
+    def _follow_remote(self, job: Job, now: float) -> None:
+        """A Ray job's state from its follower: placed, started, ended; killed if it outlives its Stop."""
+        remote = job.remote
+        if job.state == "queued" and remote.placed.is_set():
+            job.state, job.started = "starting", now
+        if job.state == "starting" and job.latest("start"):
+            job.state = "running"
+        if remote.ended.is_set():
+            self._reap(job)
+        elif job.stop_requested and now - job.stop_requested > STOP_GRACE_SECONDS:
+            remote.kill(f"it did not stop within {STOP_GRACE_SECONDS:.0f} s of Stop; nothing was saved")
+
+    def _reap_remote(self, job: Job) -> None:
+        remote = job.remote
+        if not remote.placed.is_set() and remote.lost_cluster and not job.stop_requested:
+            if self.cluster is not None:  # the cluster went away before Ray started it: it runs here instead
+                self._fall_back(remote.lost_cluster)
+            job.remote, job.state = None, "queued"
+            return
+        if remote.run_dir is not None:  # the run came back, under this name or a free one next to it
+            job.run_dir = remote.run_dir
+        end = job.latest("end")
+        if end:
+            self._end(job, end.get("status", "error"), end.get("message", ""))
+        elif remote.error:
+            self._end(job, "error", remote.error)
+        elif job.stop_requested:
+            self._end(job, "cancelled", "stopped before training began; nothing was saved")
+        else:
+            self._end(job, "error", "the training on the Ray cluster ended without a result")
+
+    def _touch(self, job: Job, now: float) -> None:
+        """Mark an active job's folder as in use, so another server sharing the runs folder never sweeps it."""
+        if now - job.touched > TOUCH_SECONDS:
+            job.touched = now
+            try:
+                os.utime(job.dir)
+            except OSError as e:
+                print(f"deconv jobs: cannot mark {job.dir} as in use: {e.strerror or e}", file=sys.stderr)
 
     def _owner_alive(self, owner: str) -> bool:
         """Whether any browser session of the owner is open; closed ones are forgotten."""
@@ -475,6 +630,9 @@ class JobManager:
             self.stop(job)
 
     def _reap(self, job: Job) -> None:
+        if job.remote is not None:
+            self._reap_remote(job)
+            return
         assert job.proc is not None
         code = job.proc.returncode
         end = job.latest("end")
@@ -493,8 +651,8 @@ class JobManager:
             self._top_up_workers()
 
     def _end(self, job: Job, state: str, message: str) -> None:
-        job.state, job.message, job.ended = state, message, time.time()
-        _give_back(job.run_dir)
+        job.state, job.message, job.ended = state, message + (f"; {job.note}" if job.note else ""), time.time()
+        give_back(job.run_dir)
 
     def _top_up_workers(self) -> None:
         for w in [w for w in self.workers if not w.alive()]:
@@ -504,8 +662,18 @@ class JobManager:
             self.workers.append(Worker(self.env))
 
     def _dispatch(self) -> None:
+        if self.cluster is not None:  # every job goes to Ray at once; its scheduler starts each when a node has room
+            for job in [j for j in self.jobs if j.state == "queued" and j.remote is None]:
+                experiment = Experiment(job.model_config, job.train_config, job.run_dir, owner=job.owner)
+                job.remote = self.cluster.submit(experiment, job.progress_path,
+                                                 self.memory_check(job.model_config, job.train_config).needed)
+            return
         free = self.max_jobs - len(self.running())
         for job in [j for j in self.jobs if j.state == "queued"][:max(free, 0)]:
+            if self.notice and not job.note:  # DECONV_JOBS names a cluster that cannot be reached
+                job.note = f"trained on this server because {self.notice}"
+                _append_event(job.progress_path, {"event": "status", "message": f"{self.notice}: training on this "
+                                                                                  "server instead"})
             experiment = Experiment(job.model_config, job.train_config, job.run_dir, owner=job.owner)
             worker = next((w for w in self.workers if w.alive()), None)
             try:
@@ -523,7 +691,21 @@ class JobManager:
             job.state, job.started = "starting", time.time()
 
 
-def _give_back(run_dir: Path) -> None:
+def _estimate(job: Job) -> float:
+    """A job's training time by the cost model, start-up included."""
+    return describe(job.model_config).train_seconds(job.train_config)
+
+
+def give_back(run_dir: Path) -> None:
     """Remove a reserved run folder that nothing was saved in, so its name can be used again."""
-    if run_dir.is_dir() and not any(run_dir.iterdir()):
-        run_dir.rmdir()
+    try:
+        if run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+    except OSError:  # filled or removed meanwhile (another server shares the runs folder): not ours to remove
+        pass
+
+
+def _append_event(progress: Path, event: dict[str, Any]) -> None:
+    """Add one event to a job's progress file, as a trainer writes it."""
+    with open(progress, "a") as f:
+        f.write(json.dumps({"time": time.time(), **event}) + "\n")

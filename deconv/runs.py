@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import io
 import json
 import math
@@ -352,11 +353,11 @@ def save_run(run_dir: str | os.PathLike[str], model: Any, model_config: ModelCon
             meta, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), versions=library_versions())))
         for file, content in (extra or {}).items():
             _write_json(tmp / file, content)
-        if run_dir.exists():
-            run_dir.rmdir()
-        tmp.rename(run_dir)
+        tmp.rename(run_dir)  # one step: replaces the empty folder that reserved the name, never a saved run
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):  # another server sharing the folder saved there meanwhile
+            raise RunError(f"{run_dir} already exists and is not empty: choose another --out") from None
         raise RunError(f"could not save the run to {run_dir}: {e.strerror or e}") from None
     return run_dir
 
@@ -386,11 +387,14 @@ def export_zip(run_dir: str | os.PathLike[str]) -> bytes:
     path = Path(run_dir)
     files = [path / f for f in (*FILES, *OPTIONAL_FILES) if (path / f).is_file()] + log_files(path)
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-        for file in files:
-            stored = file.suffix == ".keras"  # a zip already: deflating it again gains little and takes long
-            archive.write(file, f"{path.name}/{file.relative_to(path).as_posix()}",
-                          zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
+    try:
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in files:
+                stored = file.suffix == ".keras"  # a zip already: deflating it again gains little and takes long
+                archive.write(file, f"{path.name}/{file.relative_to(path).as_posix()}",
+                              zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
+    except OSError as e:
+        raise RunError(f"cannot read the run {path.name}: {e.strerror or e}") from None
     return out.getvalue()
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from deconv import analysis, charts, data, images, jobs, runs
+from deconv import analysis, charts, data, images, runs
 from deconv.cost import describe
 from pages.parts import confusion, first_visit, server, settings, state, take_home, text
 from pages.parts.settings import config_widget
@@ -159,8 +159,10 @@ def job_view(job_id: str, page_saw_active: bool) -> None:
     if job is None:
         return
     if job.state == "queued":
+        eta = manager.estimated_start(job)
         st.info(f"Waiting for a training slot: number {manager.queue_position(job)} in the queue "
-                f"({len(manager.running())} training now, at most {manager.max_jobs} at a time).",
+                f"({len(manager.running())} training now, at most {manager.max_jobs} at a time)"
+                + (f"; it should start in about {text.fmt_seconds(eta)}." if eta is not None else "."),
                 icon=":material/hourglass_empty:")
     elif job.active:
         progress_block(job)
@@ -217,7 +219,7 @@ with right:
     model_config, train_config = st.session_state[MODEL], st.session_state[TRAIN]
     cost = describe(model_config)
     estimate = cost.train_seconds(train_config)
-    memory = jobs.memory_check(model_config, train_config)
+    memory = manager.memory_check(model_config, train_config)  # this machine's, or the Ray cluster's largest node
     st.markdown(f"**Network:** {text.architecture_summary(model_config)}.  \n"
                 f"**Estimated training time:** about {text.fmt_seconds(estimate)} for {train_config.epochs} "
                 f"epoch{'s' if train_config.epochs > 1 else ''} of {train_config.train_size:,} images; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -277,6 +278,7 @@ def test_a_session_waiting_for_the_slot_sees_its_place_and_can_cancel(app_env: P
         at = small_training(page("pages/train.py"), epochs=1)
         button(at, "Train").click().run()
         assert "Waiting for a training slot: number 1 in the queue" in at.info[0].value
+        assert re.search(r"it should start in about \d+ (s|min)\.", at.info[0].value)  # the job ahead's estimate
         button(at, "Cancel").click().run()
         at.run()
         assert "cancelled while waiting" in at.info[0].value.lower()

@@ -4,6 +4,7 @@ saved run."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,10 @@ def test_look_inside_an_upload_shows_every_block_and_the_class_evidence(saved_ru
     assert not at.exception
     maps = charts(at, f"maps-{key}-")
     assert list(maps) == [f"maps-{key}-{name}" for name, _ in expected_blocks()]
-    assert [spec["layout"]["title"]["text"] for spec in maps.values()] == [title for _, title in expected_blocks()]
+    titles = [spec["layout"]["title"]["text"] for spec in maps.values()]
+    scored = [re.search(r", checkerboard score (\d+\.\d\d)</sup>", t) for t in titles]
+    assert [bool(m) for m in scored] == [False, True, False, True]  # the stride-2 deconvs map up: their score
+    assert [re.sub(r", checkerboard score [\d.]+", "", t) for t in titles] == [title for _, title in expected_blocks()]
     assert all([t["type"] for t in spec["data"]] == ["heatmap"] for spec in maps.values())
     cam, saliency = charts(at, f"cam-{key}")[f"cam-{key}"], charts(at, f"saliency-{key}")[f"saliency-{key}"]
     for spec in (cam, saliency):

@@ -8,6 +8,9 @@ import errno
 import io
 import json
 import shutil
+import subprocess
+import sys
+import time
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -21,6 +24,7 @@ from deconv.config import ModelConfig, TrainConfig
 from deconv.cost import describe
 from deconv.model import build_model
 
+ROOT = Path(__file__).resolve().parent.parent
 MODEL_CONFIG = ModelConfig(widths=(8,))
 HISTORY = [{"epoch": 1, "loss": 2.0, "accuracy": 0.3, "val_loss": 2.1, "val_accuracy": 0.25, "seconds": 1.0},
            {"epoch": 2, "loss": 1.5, "accuracy": 0.4, "val_loss": 1.9, "val_accuracy": 0.35, "seconds": 1.0}]
@@ -49,6 +53,35 @@ def test_a_non_empty_directory_is_never_overwritten(tmp_path: Path) -> None:
     with pytest.raises(runs.RunError, match="already exists"):
         save(tmp_path / "run1")
     assert (tmp_path / "run1" / "history.json").read_text() == before
+
+
+def test_a_name_stays_reserved_while_its_run_is_saved_so_another_server_never_takes_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runs, "run_name", lambda config: "same-second")  # two servers, one clock second
+    mine = runs.new_run_dir(tmp_path, MODEL_CONFIG)
+    theirs: list[Path] = []
+    rename = Path.rename
+
+    def other_server_reserves_first(self: Path, target: Path) -> Path:  # at the last moment of the save
+        if not theirs:
+            theirs.append(runs.new_run_dir(tmp_path, MODEL_CONFIG))
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", other_server_reserves_first)
+    save(mine)
+    assert theirs == [tmp_path / "same-second_2"] and list(theirs[0].iterdir()) == []
+    assert runs.read_run(mine).history == HISTORY
+
+
+def test_two_processes_reserving_names_in_one_runs_folder_at_once_get_distinct_folders(tmp_path: Path) -> None:
+    code = ("import sys, time; from deconv import runs; from deconv.config import ModelConfig; "
+            "time.sleep(max(0.0, float(sys.argv[1]) - time.time())); "
+            "print(*[runs.new_run_dir(sys.argv[2], ModelConfig(widths=(8,))).name for _ in range(40)])")
+    start = str(time.time() + 3)  # both begin together, after their imports
+    procs = [subprocess.Popen([sys.executable, "-c", code, start, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    names = [name for proc in procs for name in proc.communicate(timeout=60)[0].split()]
+    assert len(names) == 80 and len(set(names)) == 80 and sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
 
 
 def test_an_unwritable_place_gives_a_clear_error(tmp_path: Path) -> None:

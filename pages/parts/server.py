@@ -60,11 +60,13 @@ def _session_alive(owner: str) -> bool:
 
 @st.cache_resource
 def job_manager() -> Any:
-    """The one JobManager of this server, shared by all sessions on purpose: it holds the training-slot cap."""
-    from deconv.jobs import JobManager, max_jobs_from_env
+    """The one JobManager of this server, shared by all sessions on purpose: it holds the training-slot cap and,
+    with DECONV_JOBS naming a Ray cluster, the server's one connection to it."""
+    from deconv.jobs import JobManager, jobs_backend_from_env, max_jobs_from_env
 
     runs.sweep_leftovers(runs_dir())  # saves and imports a crash left half-done
-    manager = JobManager(runs_dir() / ".jobs", max_jobs=max_jobs_from_env(), is_alive=_session_alive)
+    manager = JobManager(runs_dir() / ".jobs", max_jobs=max_jobs_from_env(), is_alive=_session_alive,
+                         backend=jobs_backend_from_env())  # DECONV_JOBS: local workers, or a Ray cluster
     atexit.register(manager.shutdown)
     return manager
 
