@@ -176,7 +176,7 @@ CELL_CENTRE = """([row, col]) => {
 
 
 def test_a_click_on_a_confusion_matrix_cell_shows_that_cells_validation_images(page, server) -> None:
-    go(page, server, "train", "Batch size")  # the run of the test before, finished or finishing
+    page.get_by_text("Train", exact=True).first.click()  # this session's run, trained by the test before
     page.get_by_text("Trained 2 epochs").wait_for(timeout=300_000)
     page.get_by_text("Click a cell to see its images.").wait_for()
     counts = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
@@ -199,7 +199,7 @@ def test_look_inside_shows_the_deconvnet_projection_of_an_activation(page, serve
     page.get_by_role("tab", name="Deconvnet projection").first.click()
     page.get_by_text("deconvnet projection (grey: nothing came back)").wait_for()
     page.get_by_text("guided backpropagation", exact=True).wait_for()
-    caption = page.get_by_text(re.compile(r"block\d_conv channel \d+ at \(\d+, \d+\)")).first.inner_text()
+    caption = page.get_by_text(re.compile(r"(block|up)\d_(de)?conv channel \d+ at \(\d+, \d+\)")).first.inner_text()
     assert "the projected activation" in caption and "in orange" in caption
     shot(page, "classify-deconvnet")
 
@@ -207,7 +207,9 @@ def test_look_inside_shows_the_deconvnet_projection_of_an_activation(page, serve
 def test_a_camera_picture_is_classified(page, server) -> None:
     go(page, server, "classify", "Your pictures")
     page.get_by_text("Take a picture with the camera").click()
-    page.get_by_role("button", name="Take Photo").click()  # Chromium's fake camera: a moving test pattern
+    page.locator("video").wait_for()  # Chromium's fake camera: a moving test pattern
+    page.wait_for_function("() => document.querySelector('video')?.readyState >= 2")  # frames are arriving
+    page.get_by_role("button", name="Take Photo").click()
     uploads = page.get_by_role("tabpanel", name="Your pictures")
     uploads.get_by_text("camera photo", exact=True).wait_for()
     uploads.get_by_text("what the model sees (32x32)").first.wait_for()
