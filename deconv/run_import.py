@@ -14,7 +14,6 @@ import io
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -257,15 +256,11 @@ def check_memory_limit(model_config: ModelConfig) -> int:
 def check_in_child(run_dir: Path, model_config: ModelConfig) -> None:
     """Load the run's weights into its rebuilt network in a child process (memory limit, timeout), which then
     writes a clean model.keras of its own; RunError with the child's reason if it cannot."""
-    limit = check_memory_limit(model_config)
-
-    def bounded() -> None:  # in the child, before it runs: a hostile file runs out of memory there, not here
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
+    limit = check_memory_limit(model_config)  # the child sets it on itself first: a hostile file runs out there
     try:
         with _one_check:  # each check is a TensorFlow process of about 700 MB: visitors' imports take turns
-            done = subprocess.run([sys.executable, "-m", "deconv.runcheck", str(run_dir)], capture_output=True,
-                                  text=True, timeout=CHECK_SECONDS, preexec_fn=bounded,
+            done = subprocess.run([sys.executable, "-m", "deconv.runcheck", str(run_dir), str(limit)],
+                                  capture_output=True, text=True, timeout=CHECK_SECONDS,
                                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     except subprocess.TimeoutExpired:
         raise RunError(f"its weights did not load within {CHECK_SECONDS} s") from None

@@ -1,4 +1,7 @@
-"""Check a run a visitor uploaded, in a child process the app starts with a memory limit: `python -m deconv.runcheck DIR`.
+"""Check a run a visitor uploaded, in a child process with a memory limit: `python -m deconv.runcheck DIR [BYTES]`.
+
+With BYTES, the process limits its own address space to that before it reads anything of the run (the parent
+does not set the limit between fork and exec: a `preexec_fn` is unsafe once the server runs threads).
 
 The network is rebuilt from the run's config.json and only the weights are read from its model.keras; a
 forward pass must give finite probabilities. Then the model.keras is written anew from the rebuilt
@@ -32,7 +35,12 @@ def check(run_dir: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Check the run folder named by the one argument."""
+    """Check the run folder named by the first argument, within the address space the second allows."""
+    if len(argv) > 1:
+        import resource
+
+        limit = int(argv[1])
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
         check(Path(argv[0]))
     except runs.RunError as e:

@@ -514,3 +514,14 @@ def test_the_reference_model_is_small_loads_safely_and_scores_what_it_claims(rea
     subset = data.validation_subset(info.train_config, data.get_data(real_cifar_dir))
     accuracy = inference.evaluate(model, *subset)["accuracy"]
     assert accuracy == pytest.approx(info.val_accuracy, abs=0.005) and accuracy > 0.6
+
+
+def test_the_import_check_limits_its_own_memory_before_it_reads_the_run(tmp_path: Path) -> None:
+    shutil.copytree(runs.REFERENCE_DIR, tmp_path / "run")
+    ok = subprocess.run([sys.executable, "-m", "deconv.runcheck", str(tmp_path / "run"),
+                         str(run_import.check_memory_limit(runs.read_run(tmp_path / "run").model_config))],
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-500:]
+    starved = subprocess.run([sys.executable, "-m", "deconv.runcheck", str(tmp_path / "run"), str(200 * 2**20)],
+                             capture_output=True, text=True, timeout=300)  # 200 MB: TensorFlow cannot even load
+    assert starved.returncode != 0
