@@ -37,7 +37,7 @@ def test_two_servers_training_the_same_network_at_once_save_two_runs_both_list(t
             for tab in tabs:  # each server lists both runs, its own and the other's
                 tab.goto(tab.url.split("/train")[0] + "/runs")
                 for run in saved:
-                    tab.get_by_text(run.name).first.wait_for()
+                    tab.get_by_text(run.name).first.wait_for(state="attached")  # the table is a canvas: its cells are hidden
             browser.close()
     finally:
         stop_server(first)
