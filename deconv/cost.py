@@ -135,6 +135,17 @@ def _deconv(prefix: str, config: ModelConfig, size: int, cin: int, cout: int, in
     return resize + _block(prefix, "Conv2D", size, cin, cout, config.deconv_kernel, size)
 
 
+PATCHES = 9  # top patches: images per channel, as in Zeiler and Fergus's grids
+PATCH_IMAGES = 2_000  # top patches search at most this many of a run's training images
+PATCH_FLOPS = 2e11  # and at most this many forward FLOPs of them (the default network: all 2,000)
+
+
+def patch_images(config: ModelConfig, train_size: int) -> int:
+    """How many training images a top-patches search looks at: fewer for a costly network, at least 100."""
+    most = int(PATCH_FLOPS // max(describe(config).flops, 1))
+    return max(min(PATCH_IMAGES, train_size, most), min(100, train_size))
+
+
 def describe(config: ModelConfig) -> ModelCost:
     """Per-layer output shapes, parameters and FLOPs of `build_model(config)`, without building it."""
     layers = [LayerCost("rescale", "Rescaling", (IMAGE_SIZE, IMAGE_SIZE, 3), 0, 0)]

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from deconv.config import IMAGE_SIZE, ModelConfig
+from deconv.cost import PATCHES
 from deconv.model import block_outputs, build_model
 
 CHANNELS = 16  # the most active channels drawn per block
@@ -129,8 +130,6 @@ RULES: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {
     # every signal passes: the pixels a unit sees at all, for the crop of its receptive field
     "open": lambda x, dy: dy,
 }
-PATCH_IMAGES = 2_000  # top patches search this many of the run's training images
-PATCHES = 9  # images per channel, as in the paper's grids
 
 
 class RuleReLU(keras.layers.Layer):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from deconv.config import PRESETS, ModelConfig
+from deconv import cost
 from deconv.cost import describe
 from deconv.model import block_outputs, build_model
 
@@ -86,3 +87,9 @@ def test_memory_estimate_matches_what_the_article_network_was_measured_to_take()
     assert article.train_memory_bytes(TrainConfig(batch_size=1024)) > 100 * gib  # refused on any ordinary machine
     assert default.train_memory_bytes(TrainConfig()) < 2 * gib
     assert article.eval_batch() < 8 <= 256 == default.eval_batch()  # checking the article's network goes a few at a time
+
+
+def test_top_patches_search_fewer_images_for_a_costly_network() -> None:
+    assert cost.patch_images(PRESETS["default"], 10_000) == cost.PATCH_IMAGES  # 25 MFLOPs: all 2,000
+    assert cost.patch_images(PRESETS["default"], 300) == 300  # never more than the run trained on
+    assert cost.patch_images(PRESETS["article"], 10_000) == 100  # its GFLOPs per image: the floor of 100

@@ -10,13 +10,12 @@ import streamlit as st
 
 from deconv import data, images, runs
 from deconv.config import NUM_CLASSES, TrainConfig
-from deconv.cost import describe
+from deconv.cost import PATCHES, describe, patch_images
 from pages.parts import server
 
 if TYPE_CHECKING:
     from deconv import explain  # imported where it is used: it loads TensorFlow
 
-PATCH_FLOPS = 2e11  # top patches search at most this many forward FLOPs of training images (the default: 2,000)
 PATCH_SHOWN = 8  # channels whose top patches are drawn per row
 
 
@@ -43,14 +42,6 @@ def training_images(path: str, train_size: int, seed: int, most: int) -> np.ndar
     x, y = data.read_train(source)
     fits = min(train_size, NUM_CLASSES * int(np.bincount(y, minlength=NUM_CLASSES).min()))
     return x[data.stratified_indices(y, fits, seed)[:most]]
-
-
-def patch_images(run: runs.RunInfo) -> int:
-    """How many training images the top patches of this run search: fewer for a costly network."""
-    from deconv import explain
-
-    most = int(PATCH_FLOPS // max(describe(run.model_config).flops, 1))
-    return max(min(explain.PATCH_IMAGES, run.train_config.train_size, most), min(100, run.train_config.train_size))
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -111,8 +102,6 @@ def projection_panel(key: str, run: runs.RunInfo, view: np.ndarray, blocks: list
 
 def top_patches_panel(key: str, run: runs.RunInfo, blocks: list[str]) -> None:
     """For a chosen block, the training images that excite each of its most active channels most."""
-    from deconv import explain
-
     path = run.meta.data.path
     if not path or not Path(path).is_dir():  # trained elsewhere: CIFAR-10's training images here will do
         source = data.find_data()
@@ -122,7 +111,7 @@ def top_patches_panel(key: str, run: runs.RunInfo, blocks: list[str]) -> None:
         path = str(source.path)
     block = st.selectbox("Top patches of block", blocks, index=len([n for n in blocks if n.startswith("block")]) - 1,
                          key=f"patch-block-{key}")
-    count = patch_images(run)
+    count = patch_images(run.model_config, run.train_config.train_size)
     if not st.toggle(f"Search up to {count:,} training images for what each channel of {block} responds to",
                      key=f"patch-go-{key}"):
         return
@@ -133,7 +122,7 @@ def top_patches_panel(key: str, run: runs.RunInfo, blocks: list[str]) -> None:
     except (data.DataError, runs.RunError) as e:
         st.error(f"No top patches: {e}.")
         return
-    st.caption(f"Each grid: the {explain.PATCHES} of {found.searched:,} training images that excite one channel most "
+    st.caption(f"Each grid: the {PATCHES} of {found.searched:,} training images that excite one channel most "
                "(strongest top left), each cropped to the pixels its strongest unit sees, as in Zeiler & Fergus's "
                f"figures. The {len(found.channels)} channels most active on average, most active first.")
     for row in range(0, len(found.channels), PATCH_SHOWN):
