@@ -164,7 +164,7 @@ def test_training_shows_progress_and_curves_then_a_confusion_matrix_and_a_saved_
     saved = saved_runs(server)
     assert len(saved) == 1
     go(page, server, "runs", "Compare")
-    page.get_by_text(saved[0]).first.wait_for()  # listed (the table itself is drawn on a canvas)
+    page.get_by_text(saved[0]).first.wait_for(state="attached")  # listed (the table is a canvas: its cells are hidden)
     shot(page, "runs")
 
 
@@ -185,7 +185,8 @@ def test_a_click_on_a_confusion_matrix_cell_shows_that_cells_validation_images(p
     x, y, count = page.evaluate(CELL_CENTRE, [row, col])
     page.mouse.click(x, y)
     shot(page, "train-confusion-clicked")
-    said = page.get_by_text(re.compile(rf"^true {samples.LABELS[row]}, predicted {samples.LABELS[col]}"))
+    true, predicted = samples.LABELS[row], samples.LABELS[col]
+    said = page.get_by_text(re.compile(rf"^true {true}, predicted {predicted}.*validation image"))  # not the hover box
     said.wait_for()
     assert f"{count} validation image" in said.inner_text()
     assert page.get_by_text(re.compile(r"^#\d+$")).count() == min(count, 24)  # each image, captioned by its index
@@ -252,7 +253,7 @@ def test_a_refresh_keeps_the_saved_runs(page, server) -> None:
     page.reload()
     page.get_by_text("Compare", exact=True).wait_for()
     for name in saved_runs(server):
-        page.get_by_text(name).first.wait_for()
+        page.get_by_text(name).first.wait_for(state="attached")  # the table is a canvas: its cells are hidden
     shot(page, "runs-after-refresh")
 
 
