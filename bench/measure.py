@@ -26,7 +26,7 @@ def throughput(preset_name: str, batch: int, steps: int, warm: int) -> dict:
     x = np.random.default_rng(0).integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
     y = np.random.default_rng(1).integers(0, 10, n).astype(np.uint8)
     model = compile_model(build_model(cfg), tc, steps)
-    ds = batches(x, y, batch, shuffle=True, augment=tc.augment)
+    ds = batches(x, y, batch, shuffle=True, augment=tc.augment, shift=tc.shift)
     model.fit(ds.take(warm), verbose=0)  # compile and warm up
     t = time.perf_counter()
     model.fit(ds, verbose=0)

@@ -174,8 +174,13 @@ def validation_report(model: Any, dataset: Any, cost: Any) -> Any:
 
 
 def final_val_accuracy(result: Any, report: Any, val_size: int) -> float | None:
-    """Validation accuracy of the weights being saved: the last epoch's, or the report's after a stop."""
+    """Validation accuracy of the weights being saved, as the app predicts: the last epoch's, or the report's after
+    a stop or when the network averages with the mirror image (the epochs' validation sees one view only)."""
+    from deconv.model import mirror_predicts
+
     last = result.history[-1] if result.history else {}
+    if mirror_predicts(result.model) and result.status != "nan" and report.images == val_size:
+        return report.accuracy
     if "val_accuracy" in last:
         return last["val_accuracy"]
     if result.status == "nan" or report.images < val_size:

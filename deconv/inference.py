@@ -89,8 +89,17 @@ def forward(model: keras.Model) -> Any:
     if fn is None:
         import tensorflow as tf
 
+        from deconv.model import mirror_predicts
+
+        def answers(images: Any) -> Any:
+            """Probabilities, averaged with the mirror image's in one batch when the network predicts so."""
+            if not mirror_predicts(model):
+                return model(images, training=False)
+            both = model(tf.concat([images, tf.reverse(images, axis=[2])], axis=0), training=False)
+            return tf.reduce_mean(tf.reshape(both, (2, -1, NUM_CLASSES)), axis=0)
+
         any_batch = tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 3), tf.float32)
-        fn = tf.function(lambda images: model(images, training=False), input_signature=[any_batch],
+        fn = tf.function(answers, input_signature=[any_batch],
                          autograph=False).get_concrete_function()  # plain tensor code: no converted file in /tmp
         object.__setattr__(model, "_forward", fn)  # past Keras' attribute tracking: not a layer or a weight
     return fn
@@ -100,10 +109,14 @@ def predict(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndar
     """Class probabilities (N, 10) for uint8 images (N, 32, 32, 3)."""
     import tensorflow as tf
 
+    from deconv.model import mirror_predicts
+
     fn = forward(model)
     x = np.asarray(x, dtype=np.float32)
     if not len(x):
         return np.zeros((0, NUM_CLASSES), np.float32)
+    if mirror_predicts(model):  # each image goes through twice: half the images per call keeps the memory bound
+        batch_size = max(1, batch_size // 2)
     return np.concatenate([fn(tf.constant(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)])
 
 

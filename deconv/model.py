@@ -59,7 +59,14 @@ def build_model(config: ModelConfig) -> keras.Model:
         x = layers.AdaptiveAveragePooling2D(config.pool_size, name="pool")(x)
         x = layers.Flatten(name="flatten")(x)
     probabilities = layers.Dense(NUM_CLASSES, activation="softmax", name="classifier")(x)
-    return keras.Model(inputs, probabilities, name="deconv_net")
+    model = keras.Model(inputs, probabilities, name="deconv_net")
+    model.mirror_predict = config.mirror_predict  # read by inference.forward: how this network's answers are made
+    return model
+
+
+def mirror_predicts(model: keras.Model) -> bool:
+    """Whether the model's answers average the image's and its mirror image's (a network built from a config)."""
+    return bool(getattr(model, "mirror_predict", False))
 
 
 def block_outputs(model: keras.Model) -> keras.Model:

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import re
 
-from deconv.config import BN_MOMENTUM, IMAGE_SIZE, NUM_CLASSES, SHIFT, ModelConfig, Spec, TrainConfig
+from deconv.config import BN_MOMENTUM, IMAGE_SIZE, NUM_CLASSES, ModelConfig, Spec, TrainConfig
 
 SCRIPT_NAME = "deconv_lab_train.py"
 
@@ -33,7 +33,7 @@ def _constants(config: ModelConfig | TrainConfig) -> str:
 def standalone_script(model_config: ModelConfig, train_config: TrainConfig) -> str:
     """A readable Python script that trains this network with these settings on CIFAR-10 and saves model.keras."""
     return TEMPLATE.format(model=_constants(model_config), train=_constants(train_config), name=SCRIPT_NAME,
-                           image_size=IMAGE_SIZE, num_classes=NUM_CLASSES, shift=SHIFT, bn_momentum=BN_MOMENTUM)
+                           image_size=IMAGE_SIZE, num_classes=NUM_CLASSES, bn_momentum=BN_MOMENTUM)
 
 
 TEMPLATE = '''"""Train a deconvolutional network on CIFAR-10, as designed in Deconv Lab.
@@ -65,7 +65,6 @@ from keras import layers
 
 NUM_CLASSES = {num_classes}
 IMAGE_SIZE = {image_size}
-SHIFT = {shift}  # augmentation shifts images by up to this many pixels
 BN_MOMENTUM = {bn_momentum}  # Keras' default 0.99 lags behind for the few hundred steps of a short run
 
 
@@ -203,6 +202,11 @@ def main():
 
     loss, accuracy = model.evaluate(val_ds, verbose=0)
     print(f"validation accuracy: {{accuracy:.4f}} on {{len(val[0])}} images")
+    if MIRROR_PREDICT:  # as Deconv Lab answers: each image's probabilities averaged with its mirror image's
+        x_val, y_val = val
+        probabilities = model.predict(x_val, verbose=0) + model.predict(x_val[:, :, ::-1], verbose=0)
+        mirrored = np.mean(probabilities.argmax(1) == y_val.argmax(1))
+        print(f"validation accuracy with the mirror images: {{mirrored:.4f}} on {{len(val[0])}} images")
     model.save(args.out)
     print(f"saved {{args.out}}")
 

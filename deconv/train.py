@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from deconv import distribute
-from deconv.config import IMAGE_SIZE, NUM_CLASSES, SHIFT, ModelConfig, TrainConfig, epoch_batches
+from deconv.config import IMAGE_SIZE, NUM_CLASSES, ModelConfig, TrainConfig, epoch_batches
 from deconv.cost import describe
 from deconv.data import Dataset
 from deconv.inference import even_batch
@@ -40,15 +40,15 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def shift_and_flip(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Each image shifted by up to SHIFT pixels (edges reflected) and flipped left-right with probability 1/2.
+def shift_and_flip(images: tf.Tensor, seed: tf.Tensor, shift: int) -> tf.Tensor:
+    """Each image shifted by up to `shift` pixels (edges reflected) and flipped left-right with probability 1/2.
 
     The random draws are stateless, keyed by `seed` (the run's seed and the batch's number): the same run
     augments the same way however the pipeline's threads interleave.
     """
     n, size = tf.shape(images)[0], images.shape[1]
-    padded = tf.pad(images, [[0, 0], [SHIFT, SHIFT], [SHIFT, SHIFT], [0, 0]], mode="REFLECT")
-    offsets = tf.random.stateless_uniform((n, 2), seed, 0, 2 * SHIFT + 1, dtype=tf.int32)
+    padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]], mode="REFLECT")
+    offsets = tf.random.stateless_uniform((n, 2), seed, 0, 2 * shift + 1, dtype=tf.int32)
     window = tf.range(size)[None, :]
     rows = tf.gather(padded, offsets[:, :1] + window, axis=1, batch_dims=1)  # gathers, not a per-image loop
     shifted = tf.gather(rows, offsets[:, 1:] + window, axis=2, batch_dims=1)
@@ -57,8 +57,9 @@ def shift_and_flip(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 def batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool = False, seed: int = 0,
-            augment: bool = False, whole: bool = False) -> tf.data.Dataset:
-    """A tf.data pipeline over uint8 images: shuffled indices, gathered, cast (and augmented) per batch.
+            augment: bool = False, whole: bool = False, shift: int = 0) -> tf.data.Dataset:
+    """A tf.data pipeline over uint8 images: shuffled indices, gathered, cast (and augmented: flips, shifts by up to
+    `shift` pixels) per batch.
 
     With `whole`, a last smaller batch is dropped (the shuffle brings those images back next epoch):
     every step then has one shape, and XLA compiles the step once instead of twice.
@@ -70,7 +71,7 @@ def batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool 
     def gather(idx: tf.Tensor, key: tf.Tensor) -> Any:
         xb = tf.gather(images, idx)
         if augment:
-            xb = shift_and_flip(xb, tf.stack([tf.constant(seed, tf.int64), key]))
+            xb = shift_and_flip(xb, tf.stack([tf.constant(seed, tf.int64), key]), shift)
         xb = tf.cast(xb, tf.float32)  # the model's Rescaling layer scales to [0, 1]
         if labels is None:
             return xb
@@ -264,7 +265,8 @@ def warm_up(model_config: ModelConfig, train_config: TrainConfig, train_images: 
     distribute.build_from_shapes(model)
     blank = np.zeros((batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     labels = np.zeros(batch_size, np.uint8)
-    model.fit(batches(blank, labels, batch_size, shuffle=True, augment=train_config.augment, whole=True),
+    model.fit(batches(blank, labels, batch_size, shuffle=True, augment=train_config.augment, whole=True,
+                      shift=train_config.shift),
               validation_data=batches(blank[:val_batch], labels[:val_batch], val_batch), epochs=1, verbose=0,
               shuffle=False)
     return WarmModel(key, model)
@@ -306,7 +308,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Dataset,
             model = compile_model(build_model(model_config), train_config.replace(xla=xla), steps,
                                   confusion=not strategy)
     train_data = batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=train_config.seed,
-                         augment=train_config.augment, whole=True)
+                         augment=train_config.augment, whole=True, shift=train_config.shift)
     val_data = batches(data.x_val, data.y_val, _val_batch(model_config, batch_size, len(data.x_val)))
     start = time.perf_counter()  # building the optimizer and metrics counts as training time
     train_data, val_data, agree = distribute.prepare(model, strategy, train_data, val_data)

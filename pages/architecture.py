@@ -96,6 +96,7 @@ with left:
     config = st.session_state[MODEL]
     if config.head == "adaptive":
         config_widget(MODEL, "pool_size", "Adaptive pooling output size", high=config.feature_sizes()[-1])
+    config_widget(MODEL, "mirror_predict", "Predict with the mirror image too")
 
 config = st.session_state[MODEL]
 cost = describe(config)

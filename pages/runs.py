@@ -32,9 +32,11 @@ COLUMNS = {
     "parameters": st.column_config.NumberColumn(format="localized"),
     "train images": st.column_config.NumberColumn(format="localized"),
     "saved model val acc": st.column_config.NumberColumn(
-        format="percent", help="validation accuracy of the weights in model.keras: those of the last complete epoch, "
-                               "or, when training was stopped mid-epoch, measured on all validation images at the "
-                               "stop, so it can be above every epoch's figure"),
+        format="percent", help="validation accuracy of the weights in model.keras, answering as the app does: "
+                               "those of the last complete epoch, or, when training was stopped mid-epoch, measured "
+                               "on all validation images at the stop; with mirror prediction on, each answer is "
+                               "averaged with the mirror image's (the epochs' figures are one view), so it can be "
+                               "above every epoch's figure"),
     "best epoch": st.column_config.NumberColumn(
         format="%d", help="the epoch that ended with the highest validation accuracy; the saved model is the last "
                           "epoch's weights, not this epoch's"),

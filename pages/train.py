@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from deconv import analysis, charts, data, images, runs
+from deconv import analysis, charts, data, glossary, images, runs
 from deconv.cost import describe
 from pages.parts import confusion, first_visit, server, settings, state, take_home, text
 from pages.parts.settings import config_widget
@@ -107,7 +107,9 @@ def finished(job: Any) -> None:
     last = info.history[-1] if info.history else {}
     m = st.columns(4)
     m[0].metric("Validation accuracy", f"{info.val_accuracy:.1%}" if info.val_accuracy is not None else "—",
-                help="of the saved model, on the validation images")
+                help="of the saved model, on the validation images, answering as the app does"
+                     + (": each image's answer averaged with its mirror image's, which the per-epoch curve below "
+                        "(one view) does not do" if info.model_config.mirror_predict else ""))
     m[1].metric("Training accuracy", f"{last['accuracy']:.1%}" if "accuracy" in last else "—",
                 help="averaged over the last epoch, with augmentation")
     m[2].metric("Epochs completed", f"{info.epochs_completed} of {info.train_config.epochs}")
@@ -207,8 +209,12 @@ with left:
     with st.expander("More training settings"):
         config_widget(TRAIN, "schedule", "Learning-rate schedule", disabled=busy)
         config_widget(TRAIN, "augment", "Augment (flips and shifts)", disabled=busy)
+        if st.session_state[TRAIN].augment:
+            config_widget(TRAIN, "shift", "Largest shift (pixels)", disabled=busy)
         config_widget(TRAIN, "label_smoothing", "Label smoothing", disabled=busy)
         config_widget(TRAIN, "xla", "Compile with XLA", disabled=busy)
+    with st.expander("What do these words mean?", icon=":material/school:"):
+        st.markdown("\n\n".join(f"**{term.capitalize()}.** {meaning}" for term, meaning in glossary.TERMS.items()))
     if source:
         st.caption(f"Data: {source.describe()}, {n_train:,} training and {n_test:,} test images.")
     else:

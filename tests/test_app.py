@@ -484,3 +484,18 @@ def test_resize_upsampling_clears_the_checkerboard_warning_and_scores_lower(app_
     assert not at.warning and list(at.dataframe[1].value["overlap"]) == ["even (resize)"]
     assert describe(ModelConfig(deconv_kernel=3, upsample="resize")).params == int(
         metric(at, "Parameters").replace(",", ""))
+
+
+def test_mirror_prediction_is_a_switch_of_the_network_and_the_train_page_says_what_it_is(app_env: Path, page) -> None:
+    at = page("pages/architecture.py")
+    switch = at.toggle(key="w.model_config.mirror_predict")
+    assert switch.value is True and "mirror image" in switch.label
+    switch.set_value(False).run()
+    assert at.session_state["model_config"] == ModelConfig(mirror_predict=False) and not at.exception
+    assert metric(at, "Parameters") == f"{DEFAULT_PARAMS:,}"  # how it answers, not what it is made of
+    button(at, "The article's network").click().run()
+    assert at.toggle(key="w.model_config.mirror_predict").value is False  # the article's network as it was
+    at.switch_page("pages/train.py").run()
+    words = next(e for e in at.expander if e.label == "What do these words mean?")
+    assert "Mirror prediction (test-time augmentation)." in words.markdown[0].value
+    assert "Label smoothing." in words.markdown[0].value

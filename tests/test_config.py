@@ -86,7 +86,7 @@ def test_presets() -> None:
                                             "deconv_kernel": 4, "deconv_stride": 2, "upsample": "transpose",
                                             "downsample": "stride",
                                             "block_deconvs": True, "up_blocks": 0, "skips": True,
-                                            "head": "flatten", "pool_size": 1}
+                                            "head": "flatten", "pool_size": 1, "mirror_predict": False}
     assert PRESETS["default"].head == "adaptive"
     with pytest.raises(ValueError, match="preset='big' is not allowed: must be one of default, article"):
         preset("big")
@@ -111,7 +111,7 @@ def test_defaults_are_left_out_of_the_url() -> None:
     assert ModelConfig().to_query() == {} and TrainConfig(epochs=3).to_query() == {"epochs": "3"}
     assert PRESETS["article"].to_query() == {"conv_stride": "1", "deconv_kernel": "4", "deconv_stride": "2",
                                              "downsample": "stride", "block_deconvs": "true", "up_blocks": "0",
-                                             "head": "flatten", "pool_size": "1"}
+                                             "head": "flatten", "pool_size": "1", "mirror_predict": "false"}
 
 
 @pytest.mark.parametrize("params, expected, words", [

@@ -92,9 +92,9 @@ def test_the_pool_note_lists_this_networks_windows() -> None:
 
 
 def test_the_augmentation_text_says_what_training_does() -> None:
-    from deconv.train import SHIFT
+    from deconv.config import TrainConfig
 
-    assert f"up to {SHIFT} pixels" in glossary.TERMS["augmentation"]
+    assert f"up to {TrainConfig().shift} pixels" in glossary.TERMS["augmentation"]
 
 
 def test_the_blocks_slider_has_its_own_help() -> None:

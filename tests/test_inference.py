@@ -59,3 +59,24 @@ def test_predicting_any_batch_size_on_several_models_traces_once_each_and_warns_
             assert shapes == [(1, 10), (3, 10), (8, 10), (100, 10), (300, 10)] and inference.forward(model) is first
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
     assert np.allclose(inference.predict(models[0], x[:5]), models[0](x[:5].astype(np.float32)), atol=1e-6)
+
+
+def test_a_network_that_predicts_with_the_mirror_image_averages_both_views_and_sees_no_left_or_right() -> None:
+    mirrored = build_model(ModelConfig(widths=(8, 16)))
+    one_view = build_model(ModelConfig(widths=(8, 16), mirror_predict=False))
+    one_view.set_weights(mirrored.get_weights())
+    x = np.random.default_rng(1).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    both = inference.predict(mirrored, x, batch_size=3)  # halved to 1 image (2 views) a call: odd sizes too
+    expected = (inference.predict(one_view, x) + inference.predict(one_view, x[:, :, ::-1])) / 2
+    assert np.allclose(both, expected, atol=1e-6) and np.allclose(both.sum(1), 1, atol=1e-5)
+    assert np.allclose(inference.predict(mirrored, x[:, :, ::-1]), both, atol=1e-6)  # a mirror image, the same answer
+    assert not np.allclose(inference.predict(one_view, x), both, atol=1e-4)  # which one view alone does not give
+
+
+def test_a_config_saved_before_mirror_prediction_existed_predicts_one_view_and_the_article_never_mirrors() -> None:
+    from deconv.config import PRESETS
+
+    old = ModelConfig().to_dict()
+    del old["mirror_predict"]
+    assert ModelConfig.from_dict(old).mirror_predict is False and ModelConfig().mirror_predict is True
+    assert PRESETS["article"].mirror_predict is False

@@ -22,7 +22,7 @@ SETTINGS = {
     "default": (ModelConfig(), TrainConfig()),
     "article": (PRESETS["article"], TrainConfig(epochs=3, batch_size=32)),
     "resize upsampling, flatten head, no skips, plain training": (
-        ModelConfig(upsample="resize", head="flatten", skips=False, widths=(16, 32)),
+        ModelConfig(upsample="resize", head="flatten", skips=False, widths=(16, 32), mirror_predict=False),
         TrainConfig(schedule="constant", augment=False, xla=False, label_smoothing=0.0)),
     "block deconvs, no skips, two decoder blocks": (
         ModelConfig(widths=(16, 24, 32), block_deconvs=True, deconv_kernel=4, skips=False, up_blocks=2,
@@ -94,6 +94,8 @@ def test_the_script_trains_prints_its_accuracy_and_saves_a_model(name: str, smal
     assert params == build_model(model_config).count_params()
     accuracy = float(re.search(r"^validation accuracy: ([\d.]+) on 100 images$", done.stdout, re.M).group(1))
     assert 0 <= accuracy <= 1 and "val_accuracy" in done.stdout  # a line per epoch
+    mirrored = re.search(r"^validation accuracy with the mirror images: ([\d.]+) on 100 images$", done.stdout, re.M)
+    assert bool(mirrored) == model_config.mirror_predict and (not mirrored or 0 <= float(mirrored.group(1)) <= 1)
     saved = keras.models.load_model(out)  # plain Keras loads what it saved
     assert saved.count_params() == params
     assert saved.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0).shape == (2, 10)

@@ -28,7 +28,8 @@ fmt_seconds = fmt_duration  # seconds as s, min or h, as the job manager words i
 
 
 def architecture_summary(config: ModelConfig) -> str:
-    """One line: widths, head, parameters, FLOPs."""
+    """One line: widths, head, parameters, FLOPs, and whether it answers with the mirror image too."""
     cost = describe(config)
+    mirror = ", answers averaged with the mirror image" if config.mirror_predict else ""
     return (f"blocks {'-'.join(map(str, config.widths))}, {config.head} head: {cost.params:,} parameters, "
-            f"{fmt_count(cost.flops)}FLOPs per image")
+            f"{fmt_count(cost.flops)}FLOPs per image{mirror}")
