@@ -76,6 +76,19 @@ def time_to_accuracy(repeats: int) -> dict:
             "seconds_to_70": median_or_none([reached(c, 0.7) for c in curves]), "runs": curves}
 
 
+def reference() -> dict:
+    """The shipped reference model's accuracy, as `python -m deconv evaluate` measures it, beside what its run claims."""
+    run = ROOT / "assets" / "reference-run"
+    out = subprocess.run([PY, "-m", "deconv", "evaluate", str(run)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    claimed = json.loads((run / "meta.json").read_text())["val_accuracy"]
+    return {"accuracy": round(measured["accuracy"], 4), "images": measured["n"], "claimed": round(claimed, 4),
+            "size_kb": round(sum(f.stat().st_size for f in run.rglob("*") if f.is_file()) / 1000)}
+
+
 def upsampling(repeats: int) -> dict:
     """`python -m deconv train` with transpose and with resize upsampling (seeds interleaved, so both see the same
     machine load): validation accuracy, train seconds and the trained decoder's checkerboard score, medians."""
@@ -247,6 +260,7 @@ def main() -> None:
     run("peak_rss_50k", lambda: child("peak_rss"))
     run("cold_start", lambda: cold_start(r))
     run("first_batch", lambda: first_batch(r))
+    run("reference", reference)  # deterministic: measured once
     if not args.quick:
         run("time_to_accuracy", lambda: time_to_accuracy(r))
         run("upsampling", lambda: upsampling(r))
