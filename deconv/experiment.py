@@ -174,15 +174,10 @@ def validation_report(model: Any, dataset: Any, cost: Any) -> Any:
 
 
 def final_val_accuracy(result: Any, report: Any, val_size: int) -> float | None:
-    """Validation accuracy of the weights being saved, as the app predicts: the last epoch's, or the report's after
-    a stop or when the network averages with the mirror image (the epochs' validation sees one view only)."""
-    from deconv.model import mirror_predicts
-
-    last = result.history[-1] if result.history else {}
-    if mirror_predicts(result.model) and result.status != "nan" and report.images == val_size:
+    """Validation accuracy of the weights being saved, as the app answers: the report's when it checked every
+    validation image (it predicts as Classify does, with the mirror image when the network does so; Keras' epoch
+    figure is one view); after a NaN loss, or for a report of part of the images, the last complete epoch's, if any."""
+    if result.status != "nan" and report.images == val_size:
         return report.accuracy
-    if "val_accuracy" in last:
-        return last["val_accuracy"]
-    if result.status == "nan" or report.images < val_size:
-        return None  # weights restored from an earlier epoch, or only part of the images checked
-    return report.accuracy
+    last = result.history[-1] if result.history else {}
+    return last.get("val_accuracy")

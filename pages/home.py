@@ -21,7 +21,8 @@ st.markdown(
     "The fast default is an encoder-decoder: three conv blocks take a 32x32 image down to 4x4x128, then a "
     "stride-2 deconv maps it back up to 8x8, where the encoder's own 8x8 map is added (a U-Net skip) and a "
     "conv follows, before the pooling head. When it answers, it also looks at the mirror image and averages the "
-    "two answers (test-time augmentation: a cat facing left is still a cat). For an input of size $i$, kernel $k$, stride $s$ and `same` padding:")
+    "two answers (test-time augmentation: a cat facing left is still a cat). For an input of size $i$, kernel $k$, "
+    "stride $s$ and `same` padding:")
 st.latex(r"\text{conv: } o = \left\lceil \tfrac{i}{s} \right\rceil \qquad "
          r"\text{deconv: } o = i \cdot s \qquad "
          r"\text{adaptive pool: } o = p \;\text{(any } i\text{)}")
