@@ -449,7 +449,10 @@ class TrainConfig(_Config):
                                   help="spread this share of each target evenly over all 10 classes (0.2: the "
                                        "true class 0.82, the others 0.02), so the network is never pushed to be "
                                        "certain")
-    xla: bool = spec(True, help="compile the training step with XLA (faster on CPU, a few seconds to compile)")
+    xla: bool = spec(False, legacy=True,
+                     help="compile the training step with XLA: a few seconds more to start, and on 2 CPU cores 1.3x "
+                          "slower for the default network and 1.75x for the article's (TensorFlow's own kernels run "
+                          "max pooling and big deconvolutions faster); faster only for small strided networks")
 
     @property
     def images_per_epoch(self) -> int:

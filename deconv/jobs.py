@@ -108,8 +108,8 @@ XLA_CACHE_BYTES = 512 * 2**20  # a cache grown past this (about 300 networks) is
 def with_xla_cache(env: dict[str, str], cache: Path) -> dict[str, str]:
     """The environment with TensorFlow's persistent XLA cache in `cache` (emptied first when it grew too big).
 
-    A training step XLA compiled once (about 5 s for the default network) is then loaded from disk by the next
-    trainer of the same network and settings.
+    A training step XLA compiled once (about 5 s for the default network, when XLA is turned on) is then loaded from
+    disk by the next trainer of the same network and settings.
     """
     try:
         if sum(f.stat().st_size for f in cache.iterdir()) > XLA_CACHE_BYTES:

@@ -177,3 +177,25 @@ def test_default_preset_learns_real_cifar10_in_one_epoch(real_cifar_dir: Path) -
     result = train.train(PRESETS["default"], config, ds)
     assert result.status == "finished"
     assert result.history[-1]["val_accuracy"] >= 0.25  # chance is 0.10
+
+
+@pytest.mark.parametrize("shift", [0, 2, 5])
+def test_augmentation_shifts_with_reflected_edges_and_flips(shift: int) -> None:
+    """Every augmented image is its original shifted by at most `shift` pixels (edges mirrored, as np.pad's
+    "reflect"), flipped left-right or not; both flips and several shifts occur; the same key gives the same batch."""
+    images = np.random.default_rng(0).integers(0, 256, (48, 32, 32, 3), dtype=np.uint8)
+    key = np.array([7, 3], np.int64)
+    out = train.shift_and_flip(images, key, shift).numpy()
+    assert out.shape == images.shape and out.dtype == np.uint8
+    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
+    seen = set()
+    for i in range(len(images)):
+        found = [(dy, dx, flip) for dy in range(2 * shift + 1) for dx in range(2 * shift + 1) for flip in (False, True)
+                 if np.array_equal(out[i], (lambda c: c[:, ::-1] if flip else c)(padded[i, dy:dy + 32, dx:dx + 32]))]
+        assert found, f"image {i} is not a shifted or flipped copy of its original"
+        seen.add(found[0])
+    assert {flip for _, _, flip in seen} == {False, True}
+    shifts = {(dy, dx) for dy, dx, _ in seen}
+    assert shifts == {(0, 0)} if shift == 0 else len(shifts) > 5
+    assert np.array_equal(out, train.shift_and_flip(images, key, shift).numpy())
+    assert not np.array_equal(out, train.shift_and_flip(images, key + [0, 1], shift).numpy())
