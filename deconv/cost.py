@@ -22,11 +22,12 @@ CPU_TRAIN_FLOPS_PER_SECOND = 90e9
 PER_IMAGE_SECONDS = 0.01e-3
 HEAVY_FLOPS = 1e9  # forward FLOPs per image above which checking a model on all validation images takes minutes
 STARTUP_SECONDS = 8.0
-# Peak memory of a training process, measured with /usr/bin/time -v on 2 CPU cores (TF 2.21, XLA on), the article's
-# network on 100 images: 5.1-5.4 GiB at batch 8 (XLA on or off alike), about 16 GiB at batch 64. TensorFlow and the compiled steps take about
-# 1 GiB before any image; the weights are held about seven times (weights, gradients, Adam's two moments, the copy
-# kept in case the loss turns NaN, XLA's buffers); a training step holds about 1.2x the forward activations of its
-# batch; a forward pass to check or classify about 0.7x (the article's network, 100 images at once: 11.9 GB).
+# Peak memory of a training process, measured with /usr/bin/time -v on 2 CPU cores (TF 2.21), the article's network
+# on 100 images: 5.1-5.4 GiB at batch 8 (XLA on or off alike), about 16 GiB at batch 64. TensorFlow and the compiled
+# steps take about 1 GiB before any image; the weights are held about seven times (weights, gradients, Adam's two
+# moments, the copy kept in case the loss turns NaN, XLA's buffers); a training step holds about 1.2x the forward
+# activations of its batch; a forward pass to check or classify about 0.7x (the article's network, 100 images at
+# once: 11.9 GB).
 BASE_MEMORY_BYTES = 1 << 30
 WEIGHT_COPIES = 7
 TRAIN_ACTIVATION_FACTOR = 1.2
