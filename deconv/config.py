@@ -450,9 +450,9 @@ class TrainConfig(_Config):
                                        "true class 0.82, the others 0.02), so the network is never pushed to be "
                                        "certain")
     xla: bool = spec(False, legacy=True,
-                     help="compile the training step with XLA: a few seconds more to start, and on 2 CPU cores 1.3x "
-                          "slower for the default network and 1.75x for the article's (TensorFlow's own kernels run "
-                          "max pooling and big deconvolutions faster); faster only for small strided networks")
+                     help="compile the training step with XLA: a few seconds more to start and, measured on 2 CPU "
+                          "cores, 1.3x slower for the default network and 1.75x for the article's; faster only for "
+                          "small strided networks without pooling")
 
     @property
     def images_per_epoch(self) -> int:
