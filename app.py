@@ -17,6 +17,8 @@ state.sync_url()
 server.keep_alive()
 page = first_visit.navigation()
 sidebar.sidebar()
+with st.sidebar:
+    state.remember_browser()
 state.url_notes()
 if page.url_path in server.KERAS_PAGES:
     server.import_keras()

@@ -44,6 +44,8 @@ MAX_JOBS_ENV = "DECONV_MAX_JOBS"
 MAX_QUEUE_ENV = "DECONV_MAX_QUEUE"
 MAX_JOB_SECONDS_ENV = "DECONV_MAX_JOB_SECONDS"
 JOBS_ENV = "DECONV_JOBS"  # local (default), auto (the Ray cluster at RAY_ADDRESS) or ray://HOST:PORT
+MAX_PER_ADDRESS_ENV = "DECONV_MAX_JOBS_PER_ADDRESS"  # trainings one network address may have running or waiting
+PROXY_HEADER_ENV = "DECONV_PROXY_HEADER"  # behind a reverse proxy: the header that names the visitor's address
 DEFAULT_MAX_QUEUE = 20
 DEFAULT_MAX_JOB_SECONDS = 2 * 3600.0  # by the estimate of deconv.cost: longer trainings are refused
 JOB_ID = re.compile(r"[0-9a-f]{12}")  # a job's id and the name of its folder in jobs_dir
@@ -142,6 +144,24 @@ def max_jobs_from_env(default: int = 1) -> int:
         return default
 
 
+def max_per_address_from_env(max_jobs: int, max_queue: int) -> int:
+    """DECONV_MAX_JOBS_PER_ADDRESS (at least 1); unset: a quarter of what the server takes at once (slots + queue).
+
+    A quarter, so that one machine (a script opening many sessions) can never hold the whole queue; a class behind
+    one NAT address needs it raised to the class's size.
+    """
+    try:
+        return max(1, int(os.environ[MAX_PER_ADDRESS_ENV]))
+    except (KeyError, ValueError):
+        return max(1, (max_jobs + max_queue) // 4)
+
+
+def proxy_header_from_env() -> str:
+    """DECONV_PROXY_HEADER: the header a trusted reverse proxy sets to the visitor's address ("" : none, use the
+    connection's own address). Set it only behind a proxy that overwrites the header: a visitor can send any."""
+    return os.environ.get(PROXY_HEADER_ENV, "").strip()
+
+
 def jobs_backend_from_env() -> str:
     """DECONV_JOBS as given: "local" when unset or empty (checked by `backend_address`)."""
     return os.environ.get(JOBS_ENV, "").strip() or "local"
@@ -224,7 +244,7 @@ class Job:
     """One training request: its configs, files, process and what its progress file says so far."""
 
     id: str
-    owner: str
+    owner: str  # the owner key (deconv.owners) of the browser that asked
     model_config: ModelConfig
     train_config: TrainConfig
     run_dir: Path
@@ -237,6 +257,7 @@ class Job:
     proc: subprocess.Popen | None = None
     lifeline: Lifeline | None = None  # held while the trainer runs; closing it ends the trainer
     remote: Any = None  # a deconv.ray_jobs.RemoteTraining while the job is on a Ray cluster (then proc is None)
+    address: str = ""  # the network address it was asked from (the per-address cap counts it)
     note: str = ""  # where it ran when that is not where DECONV_JOBS says: added to its final message
     stop_requested: float = 0.0  # when Stop was asked (0: not asked)
     touched: float = field(default_factory=time.time)  # when its folder was last marked as in use
@@ -315,11 +336,13 @@ class JobManager:
     def __init__(self, jobs_dir: Path, max_jobs: int = 1, is_alive: Callable[[str], bool] | None = None,
                  warm: bool = True, poll_seconds: float = 0.25, env: dict[str, str] | None = None,
                  max_queue: int | None = None, max_job_seconds: float | None = None,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, max_per_address: int | None = None) -> None:
         self.jobs_dir = Path(jobs_dir)
         self.max_jobs = self.local_max_jobs = max_jobs
         self.max_queue = max_queue_from_env() if max_queue is None else max_queue
         self.max_job_seconds = max_job_seconds_from_env() if max_job_seconds is None else max_job_seconds
+        self.max_per_address = max_per_address_from_env(max_jobs, self.max_queue) if max_per_address is None \
+            else max_per_address
         self.is_alive = is_alive or (lambda session: True)
         self.warm = warm
         self.env = with_xla_cache(dict(os.environ if env is None else env), self.jobs_dir / XLA_CACHE_DIR)
@@ -341,20 +364,22 @@ class JobManager:
 
     # ---- requests from sessions
 
-    def submit(self, owner: str, model_config: ModelConfig, train_config: TrainConfig, run_dir: Path) -> Job:
-        """Queue a training for `owner` (JobRefused if too big, too long or the queue is full); an owner with an active
-        job gets that job back, not a second one."""
+    def submit(self, owner: str, model_config: ModelConfig, train_config: TrainConfig, run_dir: Path,
+               address: str = "") -> Job:
+        """Queue a training for `owner` asked from network `address` (JobRefused if too big, too long, the queue is
+        full or the address has its share); an owner with an active job gets that job back, not a second one."""
         with self._lock:
             current = self.active_job(owner)
             if current:
                 return current
             try:
-                self._admit(model_config, train_config)
+                self._admit(model_config, train_config, address)
             except JobRefused:
                 give_back(Path(run_dir))  # the caller reserved it for this job
                 raise
             job_id = uuid.uuid4().hex[:12]
-            job = Job(job_id, owner, model_config, train_config, Path(run_dir), self.jobs_dir / job_id)
+            job = Job(job_id, owner, model_config, train_config, Path(run_dir), self.jobs_dir / job_id,
+                      address=address)
             job.dir.mkdir(parents=True, exist_ok=True)
             self.jobs.append(job)
             self._dispatch()
@@ -508,7 +533,7 @@ class JobManager:
         return self.cluster.memory_check(model_config, train_config) if self.cluster else \
             memory_check(model_config, train_config)
 
-    def _admit(self, model_config: ModelConfig, train_config: TrainConfig) -> None:
+    def _admit(self, model_config: ModelConfig, train_config: TrainConfig, address: str = "") -> None:
         """Raise JobRefused if this server should not take the training (what the user can change is checked first)."""
         memory = self.memory_check(model_config, train_config)
         if not memory.fits:
@@ -526,6 +551,11 @@ class JobManager:
                        "this server queues" if self.max_queue else "every training slot is busy and this server keeps "
                        "no queue")
             raise JobRefused(f"The server is full: {waiting}. Try again in a few minutes.", "queue")
+        from_there = sum(j.active and j.address == address for j in self.jobs)
+        if address and from_there >= self.max_per_address:  # "": not asked from a page (tests, the operator)
+            raise JobRefused(f"Your network address already has {from_there} training{'s' if from_there > 1 else ''} "
+                             "running or waiting, as many as this server gives one address. Try again when one has "
+                             "ended.", "address")
 
     # ---- where trainings run: the local workers, or a Ray cluster
 

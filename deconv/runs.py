@@ -390,9 +390,15 @@ def export_zip(run_dir: str | os.PathLike[str]) -> bytes:
     try:
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
             for file in files:
+                name = f"{path.name}/{file.relative_to(path).as_posix()}"
+                if file.name == "meta.json":  # who owns it stays on this server: an import is its importer's
+                    meta = _read_json(file)
+                    if isinstance(meta, dict):
+                        meta.pop("owner", None)
+                    archive.writestr(name, json.dumps(meta, indent=2), zipfile.ZIP_DEFLATED)
+                    continue
                 stored = file.suffix == ".keras"  # a zip already: deflating it again gains little and takes long
-                archive.write(file, f"{path.name}/{file.relative_to(path).as_posix()}",
-                              zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
+                archive.write(file, name, zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
     except OSError as e:
         raise RunError(f"cannot read the run {path.name}: {e.strerror or e}") from None
     return out.getvalue()

@@ -296,22 +296,24 @@ def at_config(epochs: int):
     return TrainConfig(train_size=300, val_size=100, epochs=epochs, batch_size=24)
 
 
-def test_a_refreshed_page_finds_its_training_and_active_model_again(app_env: Path, page) -> None:
-    from pages.parts import server
+def test_a_refreshed_page_finds_its_training_by_the_browsers_cookie_and_never_puts_it_in_the_url(
+        app_env: Path, page, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deconv import owners
+    from pages.parts import server, state
 
     at = small_training(page("pages/train.py"), epochs=200)
     button(at, "Train").click().run()
-    client = at.session_state["client"]
-    assert at.query_params["client"] in (client, [client])
+    token, owner = at.session_state[state.TOKEN], at.session_state[state.OWNER]
+    assert owner == owners.owner_key(token, owners.server_secret(app_env)) != token
+    assert token not in str(at.query_params.to_dict()) and "client" not in at.query_params
     wait_job(lambda job: job.latest("batch") is not None)
-    again = AppTest.from_file(APP, default_timeout=120)  # a refresh: a new session with the same URL
-    again.query_params["client"] = client
-    again.run()
+    monkeypatch.setattr(state, "browser_cookie", lambda: token)  # a refresh: a new session, the same cookie
+    again = AppTest.from_file(APP, default_timeout=120).run()
     again.switch_page("pages/train.py").run()
-    assert again.session_state["client"] == client and button(again, "Stop")
+    assert again.session_state[state.OWNER] == owner and button(again, "Stop")
     button(again, "Stop").click().run()
     wait_job(lambda job: not job.active, timeout=30)
-    assert server.job_manager().jobs[-1].owner == client
+    assert server.job_manager().jobs[-1].owner == owner
 
 
 def test_settings_come_from_the_url_clamped_with_a_note_and_a_link_shares_them(app_env: Path) -> None:
@@ -325,8 +327,7 @@ def test_settings_come_from_the_url_clamped_with_a_note_and_a_link_shares_them(a
     train = at.session_state["train_config"]
     assert train.epochs == 200 and train.learning_rate == 0.002
     params = {k: v[0] if isinstance(v, list) else v for k, v in at.query_params.items()}
-    assert params == {"client": at.session_state["client"], "widths": "16,32", "epochs": "200",
-                      "learning_rate": "0.002"}
+    assert params == {"widths": "16,32", "epochs": "200", "learning_rate": "0.002"}
     share = next(c.value for c in at.get("code"))
     assert share.endswith("?widths=16,32&epochs=200&learning_rate=0.002")  # and no browser id
     at.switch_page("pages/architecture.py").run()
@@ -393,7 +394,7 @@ def test_train_again_starts_a_saved_runs_settings_on_the_train_page(app_env: Pat
     assert at.session_state["train_config"] == saved[-1].train_config
     from pages.parts import server
 
-    job = server.job_manager().latest_job(at.session_state["client"])
+    job = server.job_manager().latest_job(at.session_state["owner"])
     assert job.model_config == saved[-1].model_config and job.train_config == saved[-1].train_config
     server.job_manager().stop(job)
     wait_job(lambda j: not job.active, timeout=60)
@@ -451,7 +452,7 @@ def test_a_full_runs_folder_refuses_a_training_with_the_reason(app_env: Path, mo
     assert not at.exception and "Not started: the runs folder is full" in at.warning[0].value
     from pages.parts import server
 
-    assert server.job_manager().active_job(at.session_state["client"]) is None
+    assert server.job_manager().active_job(at.session_state["owner"]) is None
 
 
 def test_a_model_name_of_300_characters_in_a_link_is_ignored(app_env: Path) -> None:
@@ -469,7 +470,7 @@ def test_a_training_longer_than_the_server_allows_is_refused_with_the_reason(app
     button(at, "Train").click().run()
     assert not at.exception and "Not started: This training would take about" in at.warning[0].value
     assert not at.warning[0].value.endswith("..")
-    assert server.job_manager().active_job(at.session_state["client"]) is None
+    assert server.job_manager().active_job(at.session_state["owner"]) is None
 
 
 def test_resize_upsampling_clears_the_checkerboard_warning_and_scores_lower(app_env: Path, page) -> None:

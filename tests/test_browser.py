@@ -6,11 +6,7 @@ import importlib.util
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,7 +14,7 @@ import pytest
 from deconv import samples
 from deconv.config import ModelConfig
 from deconv.cost import describe
-from deconv.samples import write_cifar
+from tests.conftest import free_port, start_server, stop_server
 
 CHROMIUM = shutil.which("chromium")
 MISSING = "needs Debian's Chromium and Playwright: apt-get install chromium && pip install -r requirements-dev.txt"
@@ -30,41 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run",
          "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]  # a test pattern as the camera
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(tmp: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """`streamlit run app.py` on a free port with synthetic data and an empty runs folder, once healthy."""
-    port = port or free_port()
-    data = tmp / "data" / "cifar-10-batches-py"
-    env = {**os.environ, "DECONV_DATA_DIR": str(data if data.is_dir() else write_cifar(tmp / "data", test_per_class=30)),
-           "DECONV_RUNS_DIR": str(tmp / "runs")}
-    log = open(tmp / "streamlit.log", "a")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.headless", "true", "--server.address", "127.0.0.1"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    log.close()  # the child has its own copy
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-            return proc, url
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError((tmp / "streamlit.log").read_text()[-2000:])
-            time.sleep(0.2)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

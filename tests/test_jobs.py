@@ -15,7 +15,8 @@ import pytest
 from deconv import runs
 from deconv.config import ModelConfig, TrainConfig, preset
 from deconv.experiment import Experiment
-from deconv.jobs import QUIET_SECONDS, JobManager, JobRefused, max_job_seconds_from_env, max_queue_from_env
+from deconv.jobs import (QUIET_SECONDS, JobManager, JobRefused, max_job_seconds_from_env, max_per_address_from_env,
+                         max_queue_from_env)
 from deconv.lifeline import spawn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -282,6 +283,27 @@ def test_a_full_queue_refuses_new_jobs_but_an_owner_gets_its_own_job_back(full_m
     full_manager.max_queue = 0
     with pytest.raises(JobRefused, match="keeps no queue"):
         full_manager.submit("d", SMALL_MODEL, SMALL_TRAIN, tmp_path / "r5")
+
+
+def test_one_address_gets_at_most_its_share_of_the_queue_and_others_still_get_in(full_manager: JobManager,
+                                                                                 tmp_path: Path) -> None:
+    full_manager.max_queue, full_manager.max_per_address = 10, 2
+    for owner in ("a", "b"):
+        full_manager.submit(owner, SMALL_MODEL, SMALL_TRAIN, tmp_path / owner, address="192.0.2.1")
+    with pytest.raises(JobRefused, match="Your network address already has 2 trainings") as refused:
+        full_manager.submit("c", SMALL_MODEL, SMALL_TRAIN, tmp_path / "c", address="192.0.2.1")
+    assert refused.value.reason == "address" and not (tmp_path / "c").exists()
+    assert full_manager.submit("d", SMALL_MODEL, SMALL_TRAIN, tmp_path / "d", address="192.0.2.2").state == "queued"
+    full_manager.stop(full_manager.active_job("a"))  # one ends: the address may queue another
+    assert full_manager.submit("c", SMALL_MODEL, SMALL_TRAIN, tmp_path / "c", address="192.0.2.1").state == "queued"
+
+
+def test_the_per_address_share_is_a_quarter_of_what_the_server_takes_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert max_per_address_from_env(1, 20) == 5 and max_per_address_from_env(1, 0) == 1
+    monkeypatch.setenv("DECONV_MAX_JOBS_PER_ADDRESS", "30")  # a class behind one NAT address
+    assert max_per_address_from_env(1, 20) == 30
+    monkeypatch.setenv("DECONV_MAX_JOBS_PER_ADDRESS", "many")
+    assert max_per_address_from_env(1, 20) == 5
 
 
 def test_limits_come_from_the_environment_and_a_bad_value_means_the_default(tmp_path: Path,

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from deconv import runs
-from tests.test_browser import CHROMIUM, FLAGS, HAVE_BROWSER, MISSING, start_server, stop_server
+from tests.conftest import start_server, stop_server
+from tests.test_browser import CHROMIUM, FLAGS, HAVE_BROWSER, MISSING
 
 pytestmark = pytest.mark.skipif(not HAVE_BROWSER, reason=MISSING)
 LINK = "train?widths=8&train_size=300&val_size=100&epochs=1"  # the same small network on both servers

@@ -1,4 +1,9 @@
-"""What one server process shares among its sessions: the job manager, loaded models, the heavy imports."""
+"""What one server process shares among its sessions: the job manager, loaded models, the heavy imports.
+
+They live in this module, not in Streamlit's resource cache: any visitor can empty that cache with a `clear_cache`
+message on the websocket, and a second job manager would bypass the training-slot cap, lose the running jobs and
+(with Ray) shut the cluster connection down. Here there is one of each per server process, whatever a visitor sends.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,15 @@ from typing import Any
 import streamlit as st
 
 from deconv import runs
+from deconv.memo import Memo
 from pages.parts import state
 
 MODEL_TTL_SECONDS = 900  # a loaded model nobody has used for this long is released (the article's holds 340 MB)
 KERAS_PAGES = {"train", "classify", "runs"}  # url paths of the pages that import Keras
 _keras_import = threading.Lock()
+_manager_lock = threading.Lock()
+_manager: Any = None  # the one JobManager of this server process (see job_manager)
+_models: Memo[Any] = Memo(max_entries=2, ttl=MODEL_TTL_SECONDS)  # loaded models, per run file version
 
 
 def import_keras() -> None:
@@ -58,17 +67,30 @@ def _session_alive(owner: str) -> bool:
     return not runtime.exists() or runtime.get_instance().is_active_session(owner)
 
 
-@st.cache_resource
 def job_manager() -> Any:
     """The one JobManager of this server, shared by all sessions on purpose: it holds the training-slot cap and,
     with DECONV_JOBS naming a Ray cluster, the server's one connection to it."""
-    from deconv.jobs import JobManager, jobs_backend_from_env, max_jobs_from_env
+    global _manager
+    with _manager_lock:
+        if _manager is None:
+            from deconv.jobs import JobManager, jobs_backend_from_env, max_jobs_from_env
 
-    runs.sweep_leftovers(runs_dir())  # saves and imports a crash left half-done
-    manager = JobManager(runs_dir() / ".jobs", max_jobs=max_jobs_from_env(), is_alive=_session_alive,
-                         backend=jobs_backend_from_env())  # DECONV_JOBS: local workers, or a Ray cluster
-    atexit.register(manager.shutdown)
-    return manager
+            runs.sweep_leftovers(runs_dir())  # saves and imports a crash left half-done
+            _manager = JobManager(runs_dir() / ".jobs", max_jobs=max_jobs_from_env(), is_alive=_session_alive,
+                                  backend=jobs_backend_from_env())  # DECONV_JOBS: local workers, or a Ray cluster
+            atexit.register(_manager.shutdown)
+        return _manager
+
+
+def close_server_objects() -> None:
+    """Stop the job manager and forget it and the loaded models (the server's own code: tests, shutdown)."""
+    global _manager
+    with _manager_lock:
+        if _manager is not None:
+            _manager.shutdown()
+            atexit.unregister(_manager.shutdown)
+        _manager = None
+    _models.clear()
 
 
 def runs_dir() -> Path:
@@ -96,7 +118,7 @@ def start_training() -> None:
     from deconv.jobs import JobRefused
 
     try:
-        job_manager().submit(state.owner(), model_config, st.session_state[state.TRAIN], run_dir)
+        job_manager().submit(state.owner(), model_config, st.session_state[state.TRAIN], run_dir, state.address())
     except JobRefused as e:  # too big, too long, or too many waiting: the page says which
         st.session_state[state.SAVE_PROBLEM] = f"Not started: {str(e).rstrip('.')}"
 
@@ -110,10 +132,13 @@ def adopt_finished_run() -> None:
             state.set_active_run(job.run_dir)
 
 
-@st.cache_resource(max_entries=2, ttl=MODEL_TTL_SECONDS, show_spinner="Loading the model...")
 def load_model(path: str, mtime: float) -> Any:
-    """A run's Keras model, cached per file version."""
-    return runs.load_model(path)
+    """A run's Keras model, kept per file version (the two last used, for MODEL_TTL_SECONDS)."""
+    def load() -> Any:
+        with st.spinner("Loading the model..."):
+            return runs.load_model(path)
+
+    return _models.get((path, mtime), load)
 
 
 def model_for(run: runs.RunInfo) -> Any:

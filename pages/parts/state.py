@@ -1,18 +1,21 @@
-"""This session's state and its URL: the two configs, the browser's id, the active run, notes from the link."""
+"""This session's state and its URL: the two configs, who the browser is, the active run, notes from the link."""
 
 from __future__ import annotations
 
-import re
-import uuid
+import json
 from pathlib import Path
 from urllib.parse import urlencode
 
 import streamlit as st
 
-from deconv import runs
+from deconv import owners, runs
 from deconv.config import ModelConfig, TrainConfig
 
-MODEL, TRAIN, ACTIVE_RUN, CLIENT = "model_config", "train_config", "active_run", "client"
+MODEL, TRAIN, ACTIVE_RUN = "model_config", "train_config", "active_run"
+TOKEN, OWNER = "browser_token", "owner"  # session keys: the browser's secret token, and its owner key (deconv.owners)
+COOKIE = "deconv_owner"  # the cookie that keeps the token over a refresh; never in a URL, page text or download
+COOKIE_SENT = "cookie_sent"  # session key: the page was asked to set the cookie
+COOKIE_SECONDS = 365 * 24 * 3600
 URL_NOTES = "url_notes"  # session key: what was clamped in the link this session was opened with
 SAVE_PROBLEM = "save_problem"  # session key: why the runs folder cannot take the next run
 CONFIG_CLASSES = {MODEL: ModelConfig, TRAIN: TrainConfig}
@@ -22,9 +25,10 @@ def init_state() -> None:
     """Plain session-state keys that outlive page switches (widget keys do not), and the URL's part.
 
     The settings that differ from the defaults live in the URL, so a copied link reproduces an
-    experiment (values out of range are clamped, with a note). The browser's id and the active run's
-    name are kept there too, so that a refresh (a new session) finds its training job and its active
-    model again; `share_url` leaves them out.
+    experiment (values out of range are clamped, with a note). The active run's name is kept there
+    too, so that a refresh finds its active model again; `share_url` leaves it out. Who the browser
+    is comes from its cookie (see `remember_browser`), so a refresh or another tab finds its training
+    job and its runs; a link never carries it.
     """
     if MODEL not in st.session_state or TRAIN not in st.session_state:
         params = st.query_params.to_dict()
@@ -33,18 +37,39 @@ def init_state() -> None:
         st.session_state[MODEL], st.session_state[TRAIN] = model_config, train_config
         if model_notes or train_notes:
             st.session_state[URL_NOTES] = model_notes + train_notes
-    if CLIENT not in st.session_state:
-        given = st.query_params.get(CLIENT, "")
-        st.session_state[CLIENT] = given if re.fullmatch(r"[0-9a-f]{16}", given) else uuid.uuid4().hex[:16]
+    if TOKEN not in st.session_state or OWNER not in st.session_state:
+        given = browser_cookie()
+        token = given if owners.is_token(given) else owners.new_token()
+        st.session_state[TOKEN] = token
+        st.session_state[OWNER] = owners.owner_key(token, owners.server_secret(runs.default_runs_dir()))
+        st.session_state[COOKIE_SENT] = token == given  # the browser has it already
     if ACTIVE_RUN not in st.session_state:  # the run in the link, else the reference model shipped with the app
         path = runs.run_in(runs.default_runs_dir(), st.query_params.get("model", "")) or reference_path()
         st.session_state[ACTIVE_RUN] = str(path) if path else None
 
 
+def browser_cookie() -> str | None:
+    """The token cookie the browser sent when this session connected, if any."""
+    return st.context.cookies.get(COOKIE)
+
+
+def remember_browser() -> None:
+    """Ask the browser, once per session, to keep this session's token in a cookie for the next visit.
+
+    The token reaches only this browser's own page, as the value of a cookie that is sent back with the next
+    websocket connection (`st.context.cookies`); it is never shown, put in a link or written to a run.
+    """
+    if st.session_state.get(COOKIE_SENT):
+        return
+    st.session_state[COOKIE_SENT] = True
+    cookie = f"{COOKIE}={st.session_state[TOKEN]}; Path=/; Max-Age={COOKIE_SECONDS}; SameSite=Strict"
+    st.html(f"<script>document.cookie = {json.dumps(cookie)} + (location.protocol === 'https:' ? '; Secure' : '');"
+            "</script>", unsafe_allow_javascript=True)
+
 
 def sync_url() -> None:
-    """Write the settings, the browser's id and the active run's name into the URL, if they changed."""
-    wanted = {CLIENT: st.session_state[CLIENT], **settings_query()}
+    """Write the settings and the active run's name into the URL, if they changed (any other parameter goes)."""
+    wanted = settings_query()
     active = st.session_state[ACTIVE_RUN]
     if active and Path(active).parent == runs.default_runs_dir():  # not the reference: it is the default anyway
         wanted["model"] = Path(active).name
@@ -72,8 +97,23 @@ def url_notes() -> None:
 
 
 def owner() -> str:
-    """Who owns training jobs: this browser (its id survives a refresh through the URL)."""
-    return st.session_state[CLIENT]
+    """This browser's owner key: what its jobs and runs record (it survives a refresh through the cookie)."""
+    return st.session_state[OWNER]
+
+
+def address() -> str:
+    """The visitor's network address, as the per-address training cap counts it.
+
+    The connection's own address, or the last entry of the header DECONV_PROXY_HEADER names (the one a trusted
+    reverse proxy appended). Streamlit gives no address for a local connection: "localhost".
+    """
+    from deconv.jobs import proxy_header_from_env
+
+    if header := proxy_header_from_env():
+        given = (st.context.headers.get(header) or "").split(",")[-1].strip()
+        if given:
+            return given[:64]
+    return st.context.ip_address or "localhost"
 
 
 def active_run() -> runs.RunInfo | None:
