@@ -217,12 +217,14 @@ def test_upload_a_photo_and_a_text_file_named_png(page, server) -> None:
     shot(page, "classify-upload")
 
 
-def test_a_refresh_keeps_the_saved_runs(page, server) -> None:
+def test_a_refresh_keeps_the_saved_runs_and_who_owns_them_out_of_the_url(page, server) -> None:
     go(page, server, "runs", "Compare")
     page.reload()
     page.get_by_text("Compare", exact=True).wait_for()
     for name in saved_runs(server):
         page.get_by_text(name).first.wait_for(state="attached")  # the table is a canvas: its cells are hidden
+    page.get_by_text(re.compile(r"; by you$")).first.wait_for()  # the cookie still names this browser the owner
+    assert "client=" not in page.url and "deconv_owner" not in page.url
     shot(page, "runs-after-refresh")
 
 
