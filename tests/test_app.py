@@ -305,7 +305,7 @@ def test_a_refreshed_page_finds_its_training_by_the_browsers_cookie_and_never_pu
     button(at, "Train").click().run()
     token, owner = at.session_state[state.TOKEN], at.session_state[state.OWNER]
     assert owner == owners.owner_key(token, owners.server_secret(app_env)) != token
-    assert token not in str(at.query_params.to_dict()) and "client" not in at.query_params
+    assert token not in str(at.query_params) and "client" not in at.query_params
     wait_job(lambda job: job.latest("batch") is not None)
     monkeypatch.setattr(state, "browser_cookie", lambda: token)  # a refresh: a new session, the same cookie
     again = AppTest.from_file(APP, default_timeout=120).run()
@@ -361,6 +361,8 @@ def test_runs_page_imports_a_zipped_run_and_refuses_a_bad_zip(app_env: Path, a_r
     import io
     import zipfile
 
+    from pages.parts import text
+
     saved = runs.list_runs(app_env)[0]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -380,7 +382,7 @@ def test_runs_page_imports_a_zipped_run_and_refuses_a_bad_zip(app_env: Path, a_r
     at.run()
     at.text_input(key="import.folder").set_value(str(saved[0].path)).run()
     button(at, "Import").click().run()
-    assert f"Imported as **{saved[0].name}_2**" in at.success[0].value
+    assert f"Imported as **{text.plain(saved[0].name + '_2')}**" in at.success[0].value  # escaped as markdown
 
 
 def test_train_again_starts_a_saved_runs_settings_on_the_train_page(app_env: Path, a_run: Path, page) -> None:
