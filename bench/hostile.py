@@ -1,6 +1,6 @@
 """Hostile visitor: crafted run archives and pictures sent through a real browser to one `streamlit run app.py`.
 
-`python bench/hostile.py [--port N] [--keep] [--max-rss-mib 8192]`
+`python bench/hostile.py [--port N] [--keep] [--max-rss-mib 8192] [--no-visitors]`
 
 Measures and prints, never asserts. A small real run is trained with the CLI into a temporary runs folder
 (DECONV_RUNS_DIR), the app is served from it (with a temporary TMPDIR of its own), and Chromium, one fresh
@@ -11,7 +11,9 @@ peak memory (VmHWM) and its child processes' peaks grew. A server that stops ans
 recorded as dead and started again (at most MAX_RESTARTS times); one whose process tree passes
 --max-rss-mib is killed first, to spare the shared machine. At the end a fresh visitor opens Runs and
 Classify and classifies a picture, and the runs folder and the temporary folders are searched for
-leftovers. Writes bench/hostile_results.json.
+leftovers. Writes bench/hostile_results.json. Then, unless --no-visitors, runs bench/hostile_visitors.py: the
+attacks of visitors on a shared server at the protocol level (identity, cache clears, the queue, the quota,
+costly imports, scan bombs, markup), each followed by an honest visitor.
 """
 
 from __future__ import annotations
@@ -634,6 +636,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (runs, server log)")
     parser.add_argument("--max-rss-mib", type=int, default=8192,
                         help="kill the server when its process tree holds more than this")
+    parser.add_argument("--no-visitors", action="store_true",
+                        help="skip bench/hostile_visitors.py (the protocol-level attacks on a shared server)")
     args = parser.parse_args()
     if not args.port:
         with socket.socket() as s:
@@ -694,6 +698,8 @@ def main() -> None:
     print(report(results))
     print(json.dumps(results, indent=2))
     print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
+    if not args.no_visitors:
+        subprocess.run([sys.executable, str(ROOT / "bench" / "hostile_visitors.py")], cwd=ROOT, check=False)
 
 
 def attack(server: Server, seed: dict[str, bytes], runs: Path, server_tmp: Path, steps: list[Step],

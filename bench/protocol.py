@@ -91,6 +91,7 @@ class Visitor:
         """Load a page by its url path ("" for the default), with a query string, and wait for the run's end."""
         self.query = query if isinstance(query, str) else urlencode(query)
         self.page_hash = self.pages.get(page, "")
+        self.widgets.clear()  # a page opened anew starts from its widgets' own values
         return self.rerun(page_name=page)
 
     def rerun(self, page_name: str = "", **trigger: Any) -> "Visitor":
@@ -139,13 +140,36 @@ class Visitor:
         self.widgets[widget] = state
         return self.rerun()
 
-    def _file_urls(self, request_id: str) -> list[Any]:
+    def download(self, label: str) -> bytes:
+        """What the download button labelled `label` gives: its media URL, or for deferred data (a callable) the
+        URL the server makes on request (a backend operation), fetched over HTTP."""
+        element = next((e.download_button for e in self.of_kind("download_button")
+                        if e.download_button.label.startswith(label)), None)
+        if element is None:
+            raise ProtocolError(f"no download button labelled {label!r} in the page")
+        url = element.url
+        if not url:
+            msg = BackMsg()
+            request = msg.backend_operation_request
+            request.request_id, request.session_id = uuid.uuid4().hex, self.session_id
+            request.deferred_file.file_id = element.deferred_file_id
+            self.send(msg)
+            url = self._answer("backend_operation_response", request.request_id).deferred_file.url
+        with urllib.request.urlopen(urljoin(self.base_url + "/", url), timeout=self.timeout) as reply:
+            return reply.read()
+
+    def _answer(self, kind: str, request_id: str) -> Any:
         deadline = time.monotonic() + self.timeout
         for msg in self._receive(deadline):
-            if msg.WhichOneof("type") == "file_urls_response" and msg.file_urls_response.response_id == request_id:
-                return list(msg.file_urls_response.file_urls)
+            answer = getattr(msg, kind)
+            if msg.WhichOneof("type") == kind and request_id in (getattr(answer, "response_id", ""),
+                                                                 getattr(answer, "request_id", "")):
+                return answer
             self._pending.append(msg)
-        raise ProtocolError("the server gave no upload URLs")
+        raise ProtocolError(f"the server sent no {kind}")
+
+    def _file_urls(self, request_id: str) -> list[Any]:
+        return list(self._answer("file_urls_response", request_id).file_urls)
 
     def _put(self, url: str, name: str, body: bytes) -> None:
         boundary = uuid.uuid4().hex
@@ -188,8 +212,8 @@ class Visitor:
 
     def _receive(self, deadline: float) -> Iterator[ForwardMsg]:
         assert self._ws is not None, "connect() first"
-        while self._pending:
-            yield self._pending.pop(0)
+        queued, self._pending = self._pending, []
+        yield from queued
         while (left := deadline - time.monotonic()) > 0:
             try:
                 data = self._ws.recv(timeout=left)
