@@ -13,11 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from deconv.config import NUM_CLASSES
+from deconv.config import NUM_CLASSES, TrainConfig, field_spec
+from deconv.runs import CLASS_NAME
 
 REPORT_FILE = "report.json"
 MAX_REPORT_BYTES = 1 << 20  # a report is a few kB; a larger file is not read
 MISTAKES_KEPT = 32  # the most confidently wrong images a report keeps
+MOST_IMAGES = int(field_spec(TrainConfig, "val_size").high)  # a report counts at most a validation set
 
 
 class ReportError(Exception):
@@ -79,18 +81,31 @@ class ValidationReport:
         return data
 
     @classmethod
-    def from_json(cls, data: Any) -> "ValidationReport":
-        """Read back what to_json wrote; ReportError if it has another shape."""
+    def from_json(cls, data: Any, val_size: int | None = None) -> "ValidationReport":
+        """Read back what to_json wrote, within a validation set of `val_size` images; ReportError if it is not."""
         try:
-            labels = [str(v) for v in data["labels"]]
+            labels = data["labels"]
             matrix = np.asarray(data["matrix"], dtype=np.int64)
             mistakes = tuple(Mistake(int(i), int(t), int(p), float(c)) for i, t, p, c in data["mistakes"])
             classes = [np.asarray(data[k], dtype=np.int64) if k in data else None for k in ("true", "predicted")]
-        except (KeyError, TypeError, ValueError) as e:
-            raise ReportError(f"the report has the wrong shape ({type(e).__name__}: {e})") from None
-        if len(labels) != NUM_CLASSES or matrix.shape != (NUM_CLASSES, NUM_CLASSES) or (matrix < 0).any() or not all(
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise ReportError(f"the report has the wrong shape ({type(e).__name__}: {str(e)[:200]})") from None
+        if not (isinstance(labels, list) and len(labels) == NUM_CLASSES  # shown to every visitor: plain words
+                and all(isinstance(v, str) and CLASS_NAME.fullmatch(v) for v in labels)
+                and len(set(labels)) == NUM_CLASSES):
+            raise ReportError(f"the report's labels must be {NUM_CLASSES} different plain class names (letters, "
+                              "digits, spaces, _ and -): import the run with the report.json its training wrote")
+        most = MOST_IMAGES if val_size is None else val_size
+        if matrix.shape != (NUM_CLASSES, NUM_CLASSES) or (matrix < 0).any() or (matrix > most).any() or not all(
                 0 <= v < NUM_CLASSES for m in mistakes for v in (m.true, m.predicted)):
             raise ReportError("the report has the wrong shape (a 10x10 matrix of counts and ten labels)")
+        images = int(matrix.sum())
+        if images > most:
+            raise ReportError(f"the report counts {images:,} validation images, but the run has {most:,}: it is "
+                              "another run's report or was altered; import the run with the report.json its "
+                              "training wrote, or without one")
+        if not all(0 <= m.index < images and 0.0 <= m.confidence <= 1.0 for m in mistakes):
+            raise ReportError("the report's mistakes name images it does not count, or a confidence outside 0 to 1")
         true, predicted = classes
         if (true is None) != (predicted is None) or true is not None and (
                 true.shape != predicted.shape or true.ndim != 1 or (true < 0).any() or (predicted < 0).any()
@@ -128,14 +143,14 @@ def save_report(rep: ValidationReport, run_dir: str | Path) -> None:
     (Path(run_dir) / REPORT_FILE).write_text(json.dumps(rep.to_json()) + "\n")
 
 
-def read_report(run_dir: str | Path) -> ValidationReport:
-    """A run's saved report, or ReportError (runs trained before reports existed, or imported, have none)."""
+def read_report(run_dir: str | Path, val_size: int | None = None) -> ValidationReport:
+    """A run's saved report, within its `val_size` validation images; ReportError if it is absent or does not fit."""
     path = Path(run_dir) / REPORT_FILE
     try:
         if path.stat().st_size > MAX_REPORT_BYTES:
             raise ReportError(f"{REPORT_FILE} is larger than {MAX_REPORT_BYTES // 1024} kB")
-        return ValidationReport.from_json(json.loads(path.read_text()))
+        return ValidationReport.from_json(json.loads(path.read_text()), val_size)
     except FileNotFoundError:
         raise ReportError("this run was saved without a validation report") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ReportError(f"{REPORT_FILE} cannot be read ({e})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ReportError(f"{REPORT_FILE} cannot be read ({str(e)[:200]})") from None

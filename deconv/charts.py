@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import itertools
 from typing import Any, Sequence
 
@@ -12,6 +13,13 @@ from plotly.subplots import make_subplots
 
 TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#ff7f0e"
 CHOSEN = "#ff7f0e"  # the outline of a chosen confusion-matrix cell
+
+
+def plain(text: str) -> str:
+    """Text from a run's files or a visitor for a tick label, legend or hover: no tag Plotly would draw or link."""
+    # Plotly reads a subset of HTML (<a href>, <br>, <span style>) in every text it draws; it turns &lt; &gt; &amp;
+    # back into the characters only in the text between the tags it has found.
+    return html.escape(str(text), quote=False)
 
 
 def _layout(fig: go.Figure, height: int) -> go.Figure:
@@ -82,7 +90,7 @@ def confusion(matrix: np.ndarray, labels: Sequence[str], clickable: bool = False
     Streamlit; markers do): a click selects that cell's marker, drawn as an outline, as is the `chosen` cell.
     """
     counts = np.asarray(matrix).astype(int)
-    labels = list(labels)
+    labels = [plain(v) for v in labels]
     totals = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     top = max(int(counts.max(initial=0)), 1)
@@ -109,11 +117,12 @@ def confusion(matrix: np.ndarray, labels: Sequence[str], clickable: bool = False
         for i in range(len(labels)) for j in range(len(labels))])
     # Square cells: the y axis keeps the x axis' scale, and each shrinks its domain rather than leave gaps.
     edge = len(labels) - 0.5  # fixed ranges: the cell markers would otherwise widen the axes by their size
-    fig.update_yaxes(range=[edge, -0.5], title_text="true class", tickmode="linear", scaleanchor="x",
+    fig.update_yaxes(type="category", range=[edge, -0.5], title_text="true class", tickmode="linear", scaleanchor="x",
                      constrain="domain", constraintoward="top", automargin=True, ticks="", tickfont_size=12,
                      ticklabelstandoff=4)
-    fig.update_xaxes(range=[-0.5, edge], title_text="predicted class", tickmode="linear", tickangle=-45, constrain="domain",
-                     automargin=True, ticks="", tickfont_size=12, ticklabelstandoff=4)
+    fig.update_xaxes(type="category", range=[-0.5, edge], title_text="predicted class", tickmode="linear",
+                     tickangle=-45, constrain="domain", automargin=True, ticks="", tickfont_size=12,
+                     ticklabelstandoff=4)
     fig.update_layout(height=500, margin=dict(l=10, r=10, t=20, b=10), plot_bgcolor="white")
     return fig
 
@@ -121,12 +130,14 @@ def confusion(matrix: np.ndarray, labels: Sequence[str], clickable: bool = False
 def per_class(accuracy: np.ndarray, labels: Sequence[str]) -> go.Figure:
     """Horizontal bars of accuracy per class, first class on top: names and percentages never overlap."""
     fig = go.Figure(go.Bar(
-        y=list(labels), x=accuracy, orientation="h", marker_color=TRAIN_COLOUR, text=[f"{a:.0%}" for a in accuracy],
-        textposition="outside", textfont=dict(color=INK, size=12), cliponaxis=False,
+        y=[plain(v) for v in labels], x=accuracy, orientation="h", marker_color=TRAIN_COLOUR,
+        text=[f"{a:.0%}" for a in accuracy], textposition="outside", textfont=dict(color=INK, size=12),
+        cliponaxis=False,
         hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
     fig.update_xaxes(range=[0, 1.2], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1], title_text="accuracy",
                      automargin=True)
-    fig.update_yaxes(autorange="reversed", tickmode="linear", automargin=True, tickfont_size=12, ticklabelstandoff=4)
+    fig.update_yaxes(type="category", autorange="reversed", tickmode="linear", automargin=True, tickfont_size=12,
+                     ticklabelstandoff=4)
     fig.update_layout(height=420, margin=dict(l=10, r=10, t=20, b=10), bargap=0.25)
     return fig
 
@@ -134,10 +145,11 @@ def per_class(accuracy: np.ndarray, labels: Sequence[str]) -> go.Figure:
 def top_k(labels: Sequence[str], probabilities: Sequence[float], true_label: str | None = None) -> go.Figure:
     """Horizontal bars of the top-k probabilities, the true label (if known) in green."""
     colours = ["#2ca02c" if lab == true_label else TRAIN_COLOUR for lab in labels]
-    fig = go.Figure(go.Bar(x=list(probabilities)[::-1], y=list(labels)[::-1], orientation="h",
+    fig = go.Figure(go.Bar(x=list(probabilities)[::-1], y=[plain(v) for v in labels][::-1], orientation="h",
                            marker_color=colours[::-1], text=[f"{p:.1%}" for p in list(probabilities)[::-1]],
                            textposition="auto"))
     fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    fig.update_yaxes(type="category")  # class names that look like numbers ("7") are names all the same
     return _layout(fig, 220)
 
 
@@ -149,7 +161,7 @@ def overlay(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], key: str, titl
     for (name, history), colour in zip(runs, itertools.cycle(qualitative.D3)):
         points = [(h["epoch"], h[key]) for h in history if key in h]
         last = max([last] + [p[0] for p in points])
-        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=smooth([p[1] for p in points], weight), name=name,
+        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=smooth([p[1] for p in points], weight), name=plain(name),
                                  mode="lines+markers", line=dict(color=colour)))
     accuracy = "accuracy" in key
     fig.update_xaxes(title_text="epoch", tick0=0, dtick=max(1, -(-last // 10)),  # whole epochs

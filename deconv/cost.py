@@ -1,7 +1,7 @@
 """What a ModelConfig costs, computed by hand without TensorFlow: shapes, parameters, FLOPs, memory.
 
-Pages import this to update the Architecture table on every slider move in milliseconds;
-tests check it against the Keras model that `deconv.model.build_model` makes.
+Pages import this to update the Architecture table on every slider move in milliseconds, and to budget what they
+compute for a visitor (`PageWork`); tests check it against the Keras model that `deconv.model.build_model` makes.
 """
 
 from __future__ import annotations
@@ -88,9 +88,12 @@ class ModelCost:
         """Bytes of the float32 weights."""
         return BYTES_PER_FLOAT * self.params
 
-    def eval_batch(self) -> int:
-        """The batch size for checking or classifying images: as many as fit EVAL_MEMORY_BYTES of activations."""
-        return int(max(1, min(MAX_EVAL_BATCH, EVAL_MEMORY_BYTES // max(self.activation_bytes, 1))))
+    def eval_batch(self, block: str | None = None) -> int:
+        """The batch size for checking or classifying images: as many as fit EVAL_MEMORY_BYTES of activations (of the
+        layers up to `block`'s output, for a probe that runs only that far)."""
+        layers = self.layers if block is None else self.layers[:self.layers.index(self.layer(f"{block}_relu")) + 1]
+        per_image = BYTES_PER_FLOAT * sum(c.activations for c in layers)
+        return int(max(1, min(MAX_EVAL_BATCH, EVAL_MEMORY_BYTES // max(per_image, 1))))
 
     def train_memory_bytes(self, config: TrainConfig) -> int:
         """Estimated peak memory of a training process: runtime, data, weights, and the larger of a training
@@ -108,6 +111,11 @@ class ModelCost:
         """Estimated seconds for a whole training: start-up, then each epoch's training and validation."""
         validate = config.val_size * (self.flops / CPU_TRAIN_FLOPS_PER_SECOND + PER_IMAGE_SECONDS / TRAIN_FLOPS_FACTOR)
         return STARTUP_SECONDS + config.epochs * (self.train_seconds_per_epoch(config.train_size) + validate)
+
+    def flops_through(self, block: str) -> int:
+        """Forward FLOPs per image up to `block`'s output (its ReLU): the layers built before it all feed it."""
+        end = self.layers.index(self.layer(f"{block}_relu"))
+        return sum(c.flops for c in self.layers[:end + 1])
 
     def as_rows(self) -> list[dict[str, object]]:
         """One plain dict per layer, for a table."""
@@ -139,14 +147,93 @@ def _deconv(prefix: str, config: ModelConfig, size: int, cin: int, cout: int, in
 
 
 PATCHES = 9  # top patches: images per channel, as in Zeiler and Fergus's grids
+CHANNELS = 16  # the most active channels of a block drawn as feature maps and searched for top patches
 PATCH_IMAGES = 2_000  # top patches search at most this many of a run's training images
-PATCH_FLOPS = 2e11  # and at most this many forward FLOPs of them (the default network: all 2,000)
+
+# What the pages may compute on the server's CPU for a visitor (Classify's answers, Look inside, top patches), each
+# computation estimated by its forward FLOPs at the training rate. The largest network ModelConfig allows (1.15
+# TFLOPs per image) was measured here (issue #24, medians of process time on a busy 2-core machine): a forward pass
+# 12.4 s (92 GFLOP per CPU second), with the mirror image 24.7 s, the feature maps 12.3 s, Grad-CAM 35 s.
+LIVE_SECONDS = 1.0  # estimated longer: computed in a worker thread while the page shows a progress line
+# One image's answer or look inside may take this long: the article's network takes 0.1-1 s; the largest network
+# ModelConfig allows 13 s (26 s with its mirror image) and is refused, as is anything that costs more per image.
+PAGE_SECONDS = 10.0
+# A top-patches search, asked for with a toggle, may take this long. Its crops (a gradient per channel and patch)
+# come first, the images searched take the rest: the article's network's deepest block crops in about 57 s and
+# searches about 250 images; a block whose crops alone take longer is refused (an earlier block costs less).
+PATCH_SECONDS = 90.0
+GRADIENT_PASSES = TRAIN_FLOPS_FACTOR  # a gradient to the pixels: measured 2.8 forward passes (Grad-CAM, above)
+INSIDE_PASSES = {  # forward passes' worth of FLOPs of each look inside one image
+    "maps": 2,  # the feature maps, and the checkerboard scores of the upsampling blocks (a pass each)
+    "evidence": GRADIENT_PASSES,  # Grad-CAM and the saliency of one class: one gradient to the pixels
+    "projection": 1 + 2 * GRADIENT_PASSES,  # the block's activations, then a deconvnet and a guided gradient
+}
 
 
-def patch_images(config: ModelConfig, train_size: int) -> int:
-    """How many training images a top-patches search looks at: fewer for a costly network, at least 100."""
-    most = int(PATCH_FLOPS // max(describe(config).flops, 1))
-    return max(min(PATCH_IMAGES, train_size, most), min(100, train_size))
+@dataclass(frozen=True)
+class PageWork:
+    """A computation a page starts, by the cost model: its FLOPs, and the part of them a budget of seconds bounds."""
+
+    flops: float  # all of it
+    bounded: float  # what the budget bounds: one image's FLOPs, or a top-patches search's crops
+    budget_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        """Estimated seconds for all of it."""
+        return self.flops / CPU_TRAIN_FLOPS_PER_SECOND
+
+    @property
+    def bounded_seconds(self) -> float:
+        """Estimated seconds of the bounded part."""
+        return self.bounded / CPU_TRAIN_FLOPS_PER_SECOND
+
+    @property
+    def allowed(self) -> bool:
+        """Whether the bounded part fits the budget (else the page says so instead of computing)."""
+        return self.bounded_seconds <= self.budget_seconds
+
+    @property
+    def heavy(self) -> bool:
+        """Whether it takes longer than LIVE_SECONDS: then a worker thread computes it, not the page's script."""
+        return self.seconds > LIVE_SECONDS
+
+
+def classify_work(config: ModelConfig, images: int) -> PageWork:
+    """Classifying `images` images, each with its mirror image when the network predicts so; PAGE_SECONDS per image."""
+    per_image = describe(config).flops * (2 if config.mirror_predict else 1)
+    return PageWork(per_image * images, per_image, PAGE_SECONDS)
+
+
+def inside_work(config: ModelConfig, kind: str, block: str | None = None) -> PageWork:
+    """One look inside one image (an INSIDE_PASSES kind): through the whole network, or only up to `block`."""
+    cost = describe(config)
+    flops = INSIDE_PASSES[kind] * (cost.flops if block is None else cost.flops_through(block))
+    return PageWork(flops, flops, PAGE_SECONDS)
+
+
+def patch_work(config: ModelConfig, train_size: int, block: str | None = None) -> PageWork:
+    """A top-patches search of `block` (the last one if None): its crops must fit PATCH_SECONDS, whose rest
+    `patch_images` spends on images."""
+    per_image, crops = _patch_costs(config, block)
+    return PageWork(crops + per_image * patch_images(config, train_size, block), crops, PATCH_SECONDS)
+
+
+def _patch_costs(config: ModelConfig, block: str | None) -> tuple[int, int]:
+    """A top-patches search's FLOPs per image searched, and those of its crops (a gradient per channel and patch)."""
+    cost = describe(config)
+    layer = cost.layer(f"{block}_relu") if block else [c for c in cost.layers if c.name.endswith("_relu")][-1]
+    per_image = cost.flops_through(layer.name.removesuffix("_relu"))
+    return per_image, GRADIENT_PASSES * min(CHANNELS, layer.output_shape[-1]) * PATCHES * per_image
+
+
+def patch_images(config: ModelConfig, train_size: int, block: str | None = None) -> int:
+    """How many training images a top-patches search of `block` (the last one if None) looks at: what PATCH_SECONDS
+    leaves after its crops, at most PATCH_IMAGES and train_size; 0 when that is fewer than PATCHES."""
+    per_image, crops = _patch_costs(config, block)
+    left = PATCH_SECONDS * CPU_TRAIN_FLOPS_PER_SECOND - crops
+    most = min(PATCH_IMAGES, train_size, int(left // max(per_image, 1)))
+    return most if most >= PATCHES else 0
 
 
 def describe(config: ModelConfig) -> ModelCost:

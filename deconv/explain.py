@@ -5,6 +5,7 @@
 `project` sends one activation back to the pixels the way Zeiler and Fergus's deconvnet does (and by guided
 backpropagation beside it); `top_patches` finds, per channel, the training images that excite it most;
 `checkerboard` measures how unevenly an upsampled map fills its stride's phase positions.
+The probes are built once per model and kept on it; `through` runs a probe only as far as one block.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import numpy as np
 import tensorflow as tf
 
 from deconv.config import IMAGE_SIZE, ModelConfig
-from deconv.cost import PATCHES
+from deconv.cost import CHANNELS, PATCHES
 from deconv.model import block_outputs, build_model
 
-CHANNELS = 16  # the most active channels drawn per block
 TILE = 64  # larger maps are averaged down to this size to draw (the article's 256x256 maps by 4)
 LOGITS = "logits"  # the probe's output of class scores before the softmax
 
@@ -55,12 +55,32 @@ class Evidence:
     saliency: np.ndarray  # how strongly a small change of each pixel moves the class score
 
 
+def _kept(model: keras.Model, name: str, build: Callable[[], object]) -> object:
+    """`build()`, made once per model and kept on it (past Keras' attribute tracking), as inference.forward is."""
+    found = getattr(model, name, None)
+    if found is None:
+        found = build()
+        object.__setattr__(model, name, found)
+    return found
+
+
 def probe(model: keras.Model) -> keras.Model:
-    """A model from the image to each block's output and to the class scores before the softmax."""
-    classifier = model.get_layer("classifier")
-    # Grad-CAM wants the scores before the softmax: the classifier's Dense without its activation
-    logits = keras.ops.matmul(classifier.input, classifier.kernel) + classifier.bias
-    return keras.Model(model.inputs[0], {**block_outputs(model).output, LOGITS: logits})
+    """A model from the image to each block's output and to the class scores before the softmax (one per model)."""
+    def build() -> keras.Model:
+        classifier = model.get_layer("classifier")
+        # Grad-CAM wants the scores before the softmax: the classifier's Dense without its activation
+        logits = keras.ops.matmul(classifier.input, classifier.kernel) + classifier.bias
+        return keras.Model(model.inputs[0], {**block_outputs(model).output, LOGITS: logits})
+    return _kept(model, "_probe", build)  # type: ignore[return-value]
+
+
+def through(probe_model: keras.Model, block: str) -> keras.Model:
+    """The part of a probe that computes `block`'s output alone (one per probe and block): the layers after it do not
+    run, so an early block's projection or top patches cost only the layers up to it (cost.ModelCost.flops_through)."""
+    parts: dict[str, keras.Model] = _kept(probe_model, "_through", dict)  # type: ignore[assignment]
+    if block not in parts:
+        parts[block] = keras.Model(probe_model.inputs[0], probe_model.output[block])
+    return parts[block]
 
 
 def block_names(probe_model: keras.Model) -> list[str]:
@@ -183,7 +203,7 @@ def _unit_gradient(probe_model: keras.Model, images: tf.Tensor, block: str,
     """The gradient of one unit per image (units: (n, 3) rows of row, column, channel) with respect to its pixels."""
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(images)
-        activations = probe_model(images, training=False)[block]
+        activations = through(probe_model, block)(images, training=False)
         picked = tf.gather_nd(activations, np.concatenate([np.arange(len(units))[:, None], units], axis=1))
         total = tf.reduce_sum(picked)  # images do not mix in inference: each unit's gradient lands in its own image
     return np.asarray(tape.gradient(total, images))
@@ -202,7 +222,7 @@ def project(model: keras.Model, image: np.ndarray, block: str, channel: int | No
     rest of the layer zeroed, sent back to pixel space by the deconvnet rule and by guided backpropagation."""
     probes = probes if probes is not None else backward_probes(model)
     x = _batch(image)
-    activations = np.asarray(probes["deconvnet"](x, training=False)[block][0])
+    activations = np.asarray(through(probes["deconvnet"], block)(x, training=False)[0])
     if channel is not None and not 0 <= channel < activations.shape[-1]:
         raise ValueError(f"{block} has channels 0 to {activations.shape[-1] - 1}, not {channel}")
     row, col, c = strongest_unit(activations, channel)
@@ -216,8 +236,10 @@ def project(model: keras.Model, image: np.ndarray, block: str, channel: int | No
 
 
 def backward_probes(model: keras.Model) -> dict[str, keras.Model]:
-    """The deconvnet, guided and open backward probes of a model, built once and reused for its projections."""
-    return {rule: backward_probe(model, rule) for rule in RULES}
+    """The deconvnet, guided and open backward probes of a model, built once, kept on it, and reused."""
+    def build() -> dict[str, keras.Model]:
+        return {rule: backward_probe(model, rule) for rule in RULES}
+    return _kept(model, "_backward_probes", build)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -245,18 +267,30 @@ def receptive_box(gradient: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def top_patches(model: keras.Model, images: np.ndarray, block: str, channels: int = CHANNELS, count: int = PATCHES,
-                size: int = 24, batch_size: int = 250, probes: dict[str, keras.Model] | None = None) -> TopPatches:
+                size: int = 24, batch_size: int = 250, probes: dict[str, keras.Model] | None = None,
+                progress: Callable[[float], None] | None = None) -> TopPatches:
     """The `count` images that activate each of a block's `channels` most active channels most, each cropped to the
-    receptive field of its strongest unit: one batched forward pass over `images`, one backward pass per channel."""
+    receptive field of its strongest unit: one batched forward pass over `images`, one backward pass per channel;
+    `progress` is told the share of those steps done after each."""
     probes = probes if probes is not None else backward_probes(model)
+    searching = through(probes["open"], block)
+    steps = -(-len(images) // batch_size) + min(channels, int(searching.output.shape[-1]))
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done / steps)
+
     peaks, where = [], []  # per image and channel: the highest activation and its position
     for start in range(0, len(images), batch_size):
-        a = np.asarray(probes["open"](tf.convert_to_tensor(images[start:start + batch_size], tf.float32),
-                                      training=False)[block])
+        a = np.asarray(searching(tf.convert_to_tensor(images[start:start + batch_size], tf.float32), training=False))
         n, h, w, c = a.shape
         flat = a.reshape(n, h * w, c)
         peaks.append(flat.max(1))
         where.append(flat.argmax(1))
+        step()
     peak, spot = np.concatenate(peaks), np.concatenate(where)
     w = a.shape[2]
     order = [int(c) for c in np.argsort(-peak.mean(0), kind="stable")[:channels]]
@@ -273,6 +307,7 @@ def top_patches(model: keras.Model, images: np.ndarray, block: str, channels: in
         crops.append(np.stack(row))
         values.append(peak[best, c])
         picks.append(best)
+        step()
     return TopPatches(block, order, np.stack(crops), np.stack(values), np.stack(picks), len(images))
 
 

@@ -13,14 +13,13 @@ from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileMan
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from deconv import charts, data, images, inference, runs
-from deconv.cost import describe
+from deconv.computations import Progress, digest, in_chunks
+from deconv.cost import classify_work, describe, inside_work
 from pages.parts import first_visit, inside, server, state, text
 from pages.parts.state import ACTIVE_RUN
 
 if TYPE_CHECKING:
     from streamlit.typing import UploadedFile
-
-    from deconv import explain  # imported where it is used: it loads TensorFlow
 
 first_visit.require_app()
 
@@ -47,48 +46,30 @@ def test_images(path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return x, y, data.label_names(source)
 
 
-@st.cache_resource(max_entries=2, ttl=server.MODEL_TTL_SECONDS, show_spinner=False)
-def probe(path: str, mtime: float) -> Any:
-    """A run's cached model, opened up to every block's output and the class scores."""
-    from deconv import explain
+def answers(run: runs.RunInfo, model: Any, views: np.ndarray, labels: list[str]) -> list[inference.Prediction] | None:
+    """Each view's answer over all the classes: kept per run and view, computed now or beside the page (a progress
+    line, None until done); None with a message when one image costs more than a page may spend on it."""
+    batch = describe(run.model_config).eval_batch()  # the article's network classifies a few images at a time
+    work = classify_work(run.model_config, len(views))
+    keys = [(str(run.path), run.version, "answer", digest(view)) for view in views]
+    def classify(chunk: list[int]) -> list[inference.Prediction]:
+        return inference.classify(model, views[chunk], labels, k=len(labels), batch_size=batch)
 
-    return explain.probe(server.load_model(path, mtime))
-
-
-@st.cache_data(max_entries=32, show_spinner=False)
-def feature_maps(path: str, mtime: float, view: np.ndarray) -> list[explain.BlockMaps]:
-    """Every block's feature maps for one 32x32 view, cached."""
-    from deconv import explain
-
-    return explain.feature_maps(probe(path, mtime), view)
-
-
-@st.cache_data(max_entries=32, show_spinner=False)
-def checkerboards(path: str, mtime: float, view: np.ndarray) -> dict[str, float]:
-    """The checkerboard score of every upsampling block for one 32x32 view, cached."""
-    from deconv import explain
-
-    return explain.checkerboards(probe(path, mtime), view)
-
-
-@st.cache_data(max_entries=32, show_spinner=False)
-def evidence(path: str, mtime: float, view: np.ndarray, class_index: int) -> explain.Evidence:
-    """Grad-CAM and saliency of one class for one 32x32 view, cached."""
-    from deconv import explain
-
-    return explain.evidence(probe(path, mtime), view, class_index)
+    return inside.computed_each(
+        keys, work, f"Classifying {len(views)} image{'s' if len(views) > 1 else ''}", in_chunks(classify, batch),
+        inside.too_costly(work, "classifying one image", "Classify with the command line on a bigger machine: "
+                                                         "`python -m deconv classify RUN_FOLDER IMAGE`."))
 
 
 def look_inside(key: str, run: runs.RunInfo, view: np.ndarray, prediction: inference.Prediction,
                 labels: list[str]) -> None:
     """Where the evidence for a class lies, beside the feature maps of every conv and deconv block; the deconvnet
     projection of one activation; the top patches of a block's channels."""
-    path, mtime = str(run.path), run.version
     maps_tab, projection_tab, patches_tab = st.tabs(["Feature maps and evidence", "Deconvnet projection",
                                                      "Top patches"])
-    blocks = [m.name for m in feature_maps(path, mtime, view)]
+    blocks = inside.block_names(run)
     with projection_tab:
-        inside.projection_panel(key, run, view, blocks)
+        inside.projection_panel(key, run, view, digest(view), blocks)
     with patches_tab:
         inside.top_patches_panel(key, run, blocks)
     with maps_tab:
@@ -98,15 +79,29 @@ def look_inside(key: str, run: runs.RunInfo, view: np.ndarray, prediction: infer
 def maps_and_evidence(key: str, run: runs.RunInfo, view: np.ndarray, prediction: inference.Prediction,
                       labels: list[str]) -> None:
     """Grad-CAM and saliency for a chosen class beside every block's most active channels."""
-    path, mtime = str(run.path), run.version
+    from deconv import explain
+
     chance = dict(zip(prediction.labels, prediction.probabilities))
     left, right = st.columns([1, 3], border=True)
     chosen = left.selectbox("Evidence for", prediction.labels, key=f"class-{key}",
                             format_func=lambda label: f"{label} ({chance[label]:.0%})")
-    with st.spinner("Looking inside the network..."):
-        maps = feature_maps(path, mtime, view)
-        found = evidence(path, mtime, view, labels.index(chosen))
-        uneven = checkerboards(path, mtime, view)
+    probe = explain.probe(server.model_for(run))
+    seen, index = (str(run.path), run.version, digest(view)), labels.index(chosen)
+
+    def maps_of(progress: Progress) -> tuple[list[explain.BlockMaps], dict[str, float]]:
+        return explain.feature_maps(probe, view), explain.checkerboards(probe, view)
+
+    def evidence_of(progress: Progress) -> explain.Evidence:
+        return explain.evidence(probe, view, index)
+
+    maps_work, evidence_work = inside_work(run.model_config, "maps"), inside_work(run.model_config, "evidence")
+    drawn = inside.computed((*seen, "maps"), maps_work, "Drawing every block's feature maps", maps_of,
+                            inside.too_costly(maps_work, "drawing the feature maps of one image"))
+    found = inside.computed((*seen, "evidence", index), evidence_work, f"Finding the evidence for {chosen}",
+                            evidence_of, inside.too_costly(evidence_work, "finding the evidence in one image"))
+    if drawn is None or found is None:
+        return
+    maps, uneven = drawn
     if found.grad_cam.any():
         left.plotly_chart(charts.heat_overlay(view, found.grad_cam, "Grad-CAM"), key=f"cam-{key}")
         left.caption(f"Where the last block found features that raise the **{chosen}** score.")
@@ -171,7 +166,6 @@ except runs.RunError as e:
     st.error(f"This run cannot be used: {text.plain(str(e))}.")
     st.stop()
 labels = inference.label_names_of(run.meta)
-batch = describe(run.model_config).eval_batch()  # the article's network classifies a few images at a time
 
 upload_tab, cifar_tab = st.tabs(["Your pictures", "CIFAR-10 test images"])
 pictures: images.Pictures = st.session_state.setdefault(PICTURES, images.Pictures())
@@ -208,8 +202,7 @@ with upload_tab:
         note.caption(f"Your last {pictures.limit} pictures stay here while this tab is open, also when you visit "
                      "other pages; older ones are dropped.")
         clear.button("Clear pictures", icon=":material/delete:", on_click=pictures.clear)
-        predictions = inference.classify(model, pictures.views(), labels, k=len(labels), batch_size=batch)
-        for picture, pred in zip(pictures, predictions):
+        for picture, pred in zip(pictures, answers(run, model, pictures.views(), labels) or []):
             show(f"upload-{picture.number}-{picture.name}", picture.name, picture.preview, picture.view, pred, None,
                  run, labels)
 
@@ -230,6 +223,6 @@ with cifar_tab:
             st.error(f"{e}.")
             st.stop()
         pick = np.random.default_rng(st.session_state["sample_seed"]).choice(len(x), min(SAMPLES, len(x)), replace=False)
-        for i, pred in zip(pick, inference.classify(model, x[pick], labels, k=len(labels), batch_size=batch)):
+        for i, pred in zip(pick, answers(run, model, x[pick], labels) or []):
             show(f"test-{i}", f"test image {i}", images.enlarge(x[i], 150), x[i], pred, test_labels[y[i]], run,
                  labels)

@@ -54,7 +54,7 @@ def delete(path: str) -> None:
         if not runs.may_delete(runs.read_run(path), state.owner()):
             raise runs.RunError("only whoever trained or imported a run can delete it")
         runs.delete_run(path)
-        st.toast(f"Deleted {Path(path).name}.", icon=":material/delete:")
+        st.toast(f"Deleted {text.plain(Path(path).name)}.", icon=":material/delete:")
     except (runs.RunError, OSError) as e:
         st.session_state["runs.error"] = str(e)
     if st.session_state.get(ACTIVE_RUN) == path:
@@ -78,7 +78,7 @@ def import_run() -> None:
         source = upload.getvalue() if upload else folder
         added = run_import.import_run(source, server.runs_dir(), upload.name if upload else Path(folder).name,
                                 owner=state.owner())
-        st.session_state["import.outcome"] = f"Imported as **{added.name}**."
+        st.session_state["import.outcome"] = f"Imported as **{text.plain(added.name)}**."
     except runs.RunError as e:
         st.session_state["import.outcome"] = f"Not imported: {text.plain(str(e))}."
 
@@ -89,7 +89,7 @@ if st.session_state.pop("runs.goto_train", False):
 st.title("Runs")
 st.markdown(f"Every training saved in `{server.runs_dir()}`: compare them, make one the active model, download or delete.")
 if message := st.session_state.pop("runs.error", None):
-    st.error(message)
+    st.error(text.plain(message))  # it names the run
 
 saved, broken = runs.list_runs(server.runs_dir())
 for path, why in broken:
@@ -150,7 +150,7 @@ c.download_button("History (CSV)", data=run.history_csv(), file_name=f"{run.name
                   icon=":material/table:", width="stretch", on_click="ignore")
 with d.popover("Delete", icon=":material/delete:", width="stretch"):
     if runs.may_delete(run, state.owner()):
-        sure = st.checkbox(f"Yes, delete {run.name} for good")
+        sure = st.checkbox(f"Yes, delete {text.plain(run.name)} for good")
         st.button("Delete this run", type="primary", disabled=not sure, on_click=delete, args=(str(run.path),))
     else:
         st.caption("Only whoever trained or imported this run can delete it.")
@@ -165,9 +165,9 @@ st.code(runs.tensorboard_command(server.runs_dir()), language="bash")
 
 st.markdown("**On its validation images**")
 try:
-    rep = analysis.read_report(run.path)
+    rep = analysis.read_report(run.path, run.train_config.val_size)
 except analysis.ReportError as e:
-    st.caption(f"No confusion matrix: {e}.")
+    st.caption(f"No confusion matrix: {text.plain(str(e))}.")  # it may quote the file
 else:
     pictures = confusion.run_pictures(run)
     confusion.confusion_charts(rep.matrix, rep.labels, "", f"run-{run.name}", rep, pictures)

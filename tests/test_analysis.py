@@ -64,3 +64,41 @@ def test_a_missing_or_damaged_report_gets_a_report_error(tmp_path: Path, content
         (tmp_path / analysis.REPORT_FILE).write_text(content)
     with pytest.raises(analysis.ReportError, match=words):
         analysis.read_report(tmp_path)
+
+
+@pytest.mark.parametrize("labels", [
+    ["[x](http://evil.invalid)"] + LABELS[1:],
+    ["<img src=http://evil.invalid/x.png>"] + LABELS[1:],
+    ["cat"] * 10,
+    "abcdefghij",
+    [1] + LABELS[1:],
+])
+def test_a_report_whose_label_names_are_not_plain_words_is_refused(tmp_path: Path, labels) -> None:
+    (tmp_path / analysis.REPORT_FILE).write_text(json.dumps({**a_report().to_json(), "labels": labels}))
+    with pytest.raises(analysis.ReportError, match="10 different plain class names"):
+        analysis.read_report(tmp_path)
+
+
+def test_a_report_counting_more_images_than_the_runs_validation_set_is_refused(tmp_path: Path) -> None:
+    data = a_report().to_json()
+    analysis.save_report(a_report(), tmp_path)
+    assert analysis.read_report(tmp_path, val_size=50).images == 50  # its own validation set
+    assert analysis.read_report(tmp_path, val_size=80).images == 50  # a report of the first images of a larger one
+    longer = {**data, "true": data["true"] * 2, "predicted": data["predicted"] * 2}  # 100 images, adding up
+    longer["matrix"] = analysis.confusion_matrix(np.array(longer["true"]), np.array(longer["predicted"])).tolist()
+    (tmp_path / analysis.REPORT_FILE).write_text(json.dumps(longer))
+    with pytest.raises(analysis.ReportError, match="counts 100 validation images, but the run has 50"):
+        analysis.read_report(tmp_path, val_size=50)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"mistakes": [[50, 0, 9, 0.9]]}, "mistakes name images it does not count"),
+    ({"mistakes": [[3, 0, 9, 7.0]]}, "confidence outside 0 to 1"),
+    ({"matrix": [[10**30] * 10] * 10}, "wrong shape"),
+    ({"matrix": (np.eye(10, dtype=int) * 20_000).tolist(), "true": None, "predicted": None}, "wrong shape"),
+])
+def test_a_report_whose_numbers_point_outside_its_images_is_refused(tmp_path: Path, change, words: str) -> None:
+    data = {**a_report().to_json(), **change}
+    (tmp_path / analysis.REPORT_FILE).write_text(json.dumps({k: v for k, v in data.items() if v is not None}))
+    with pytest.raises(analysis.ReportError, match=words):
+        analysis.read_report(tmp_path)

@@ -1,10 +1,11 @@
-"""The Classify page through AppTest: kept uploads, what an upload may hold, the ten-classes note, and a look inside a
-saved run."""
+"""The Classify page through AppTest: kept uploads, what an upload may hold, the ten-classes note, a look inside a
+saved run, and what the page computes: kept, within its budget, the heavy part beside the page."""
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from deconv import runs, samples
+from deconv import cost, inference, runs, samples
 from deconv.config import ModelConfig, TrainConfig
 from deconv.model import build_model
 from deconv.samples import LABELS, synthetic_images
+from pages.parts import server
 
 # each deconv doubles its map: 16 -> 32 -> 16 -> 32
 CONFIG = ModelConfig(widths=(8, 16), deconv_stride=2, block_deconvs=True, up_blocks=0)
@@ -190,3 +192,70 @@ def test_a_tiff_named_png_is_refused_with_the_formats_the_page_takes(saved_run: 
     assert not at.exception and upload_charts(at) == ["top-upload-0-photo.png"]
     assert [e.value for e in at.error] == ["**scan.png** cannot be classified: it is in TIFF format, not one of the "
                                            "formats taken here: PNG, JPEG, GIF, BMP, WebP."]
+
+
+def counted_predictions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    """Each call of deconv.inference.predict from now on (the page's every prediction): its images and its thread.
+    Nothing is kept from earlier tests."""
+    calls: list[tuple[int, str]] = []
+    predict = inference.predict
+
+    def counted(model: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        calls.append((len(x), threading.current_thread().name))
+        return predict(model, x, batch_size)
+
+    monkeypatch.setattr(inference, "predict", counted)
+    server.COMPUTED.clear()
+    return calls
+
+
+def test_a_rerun_with_the_same_pictures_predicts_nothing_again(saved_run: Path, page,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import streamlit as st
+
+    calls = counted_predictions(monkeypatch)
+    at = classify_with(page, saved_run)
+    at.file_uploader[0].set_value([PHOTO]).run()
+    assert not at.exception and upload_charts(at) == ["top-upload-0-photo.png"]
+    assert [n for n, _ in calls][-1] == 1 and sum(n for n, _ in calls) >= 8 + 1  # test images, then the upload
+    before = list(calls)
+    at.run()
+    at.toggle(key="inside-upload-0-photo.png").set_value(True).run()  # a look inside predicts nothing either
+    st.cache_data.clear()  # what any visitor's clear_cache message does: the answers are kept elsewhere
+    st.cache_resource.clear()
+    at.run()
+    assert not at.exception and upload_charts(at) == ["top-upload-0-photo.png"] and len(charts(at, "top-test-")) == 8
+    assert calls == before
+
+
+def test_a_network_that_costs_more_per_image_than_the_page_budget_is_not_run(saved_run: Path, page,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = counted_predictions(monkeypatch)
+    monkeypatch.setattr(cost, "PAGE_SECONDS", cost.classify_work(CONFIG, 1).bounded_seconds / 2)
+    at = classify_with(page, saved_run)
+    at.file_uploader[0].set_value([PHOTO]).run()
+    assert not at.exception and not calls and not upload_charts(at) and not charts(at, "top-test-")
+    said = [w.value for w in at.warning]
+    assert len(said) == 2 and said[0] == said[1]  # the upload's tab and the test images' tab
+    assert said[0].startswith("Not computed here: classifying one image would take about 0 s on this server")
+    assert "python -m deconv classify" in said[0]
+
+
+def test_heavy_answers_are_computed_beside_the_page_with_a_progress_line(saved_run: Path, page,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = counted_predictions(monkeypatch)
+    monkeypatch.setattr(cost, "LIVE_SECONDS", 0.0)  # every computation is heavy
+    at = classify_with(page, saved_run)
+    assert not at.exception and not charts(at, "top-test-")
+    lines = [p.proto.text for p in at.get("progress")]
+    assert lines and lines[-1].startswith("Classifying 8 images: about 0 s of computing by the cost model")
+    assert server.COMPUTED.wait(120)  # what the page's progress line waits for, asking every second
+    assert calls and {thread for _, thread in calls} == {"deconv-computations"}  # not the page's script thread
+    at.run()
+    assert not at.exception and len(charts(at, "top-test-")) == 8 and not at.get("progress")
+    key = next(iter(charts(at, "top-test-"))).removeprefix("top-")
+    at.toggle(key=f"inside-{key}").set_value(True).run()  # the feature maps, the evidence and the projection
+    assert not at.exception and not charts(at, f"maps-{key}") and len(at.get("progress")) == 3
+    assert server.COMPUTED.wait(120)
+    at.run()
+    assert not at.exception and len(charts(at, f"maps-{key}-")) == len(expected_blocks()) and not at.get("progress")

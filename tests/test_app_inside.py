@@ -3,15 +3,17 @@ confusion matrix whose cells open their validation images."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Any, Iterator
 
 import keras
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from deconv import analysis, data, runs
+from deconv import analysis, cost, data, runs
 from deconv.config import ModelConfig, TrainConfig
 from deconv.inference import predict
 from deconv.model import build_model
@@ -103,3 +105,81 @@ def test_a_report_without_per_image_classes_says_why_its_cells_do_not_open(check
         assert "train it again to open the cells" in captions(at)
     finally:
         analysis.save_report(old, checked_run)
+
+
+@contextlib.contextmanager
+def replaced_report(run: Path, content: dict[str, Any]) -> Iterator[None]:
+    """The run's report.json replaced by `content` (as a visitor's imported run could hold it), then restored."""
+    old = analysis.read_report(run)
+    (run / analysis.REPORT_FILE).write_text(json.dumps(content))
+    try:
+        yield
+    finally:
+        analysis.save_report(old, run)
+
+
+def click_cell(page, run: Path, cell: tuple[int, int]) -> AppTest:
+    """The Runs page on `run`, with one cell of its confusion matrix clicked."""
+    at = page("pages/runs.py")
+    at = next(s for s in at.selectbox if s.label == "Run").set_value(run.name).run()
+    at.session_state[f"cm-run-{run.name}.chosen"] = cell  # what a click on that cell stores
+    return at.run()
+
+
+def test_a_report_whose_label_names_are_a_link_and_an_image_is_refused_and_neither_is_rendered(checked_run: Path,
+                                                                                                page) -> None:
+    old = analysis.read_report(checked_run).to_json()
+    hostile = ["[x](http://evil.invalid)", "<img src=http://evil.invalid/x.png>", *old["labels"][2:]]
+    with replaced_report(checked_run, {**old, "labels": hostile}):
+        at = click_cell(page, checked_run, (0, 1))  # the cell of the two names
+        assert not at.exception
+        assert "No confusion matrix: the report's labels must be 10 different plain class names" in captions(at)
+        shown = [e.value for e in (*at.markdown, *at.caption, *at.error)]
+        assert not any("](http" in v or "<img" in v for v in shown)  # no link, no image fetched from outside
+        assert f"cm-run-{checked_run.name}" not in [c.key for c in at.get("plotly_chart")]
+
+
+def test_a_report_longer_than_the_runs_validation_set_gets_a_message_not_an_exception(checked_run: Path,
+                                                                                       page) -> None:
+    old = analysis.read_report(checked_run)
+    true, predicted = np.tile(old.true, 2), np.tile(old.predicted, 2)  # 200 images for the run's 100, adding up
+    longer = {**old.to_json(), "true": true.tolist(), "predicted": predicted.tolist(),
+              "matrix": analysis.confusion_matrix(true, predicted).tolist()}
+    with replaced_report(checked_run, longer):
+        at = click_cell(page, checked_run, (int(true[-1]), int(predicted[-1])))  # a cell that holds image 199
+        assert not at.exception
+        assert "the report counts 200 validation images, but the run has 100" in captions(at)
+
+
+def test_a_clicked_cell_names_its_classes_as_written_not_as_markdown(checked_run: Path, page) -> None:
+    old = analysis.read_report(checked_run).to_json()
+    labels = ["big _cat_", *old["labels"][1:]]  # a plain class name that markdown would set in italics
+    with replaced_report(checked_run, {**old, "labels": labels}):
+        at = click_cell(page, checked_run, (0, 0))
+        said = [m.value for m in at.markdown if m.value.startswith("true **")]
+        assert not at.exception and said[0].startswith("true **big \\_cat\\_**, predicted **big \\_cat\\_**")
+
+
+def test_top_patches_of_a_costlier_network_search_as_many_images_as_the_budget_leaves(checked_run: Path, page,
+                                                                                     monkeypatch) -> None:
+    crops = cost.patch_work(CONFIG, TRAIN.train_size, "block2_conv").bounded
+    per_image = cost.describe(CONFIG).flops_through("block2_conv")
+    # as if each image cost as much as the budget allows for 40 and a half: 40 images, fewer than the run's 200
+    monkeypatch.setattr(cost, "PATCH_SECONDS", (crops + 40.5 * per_image) / cost.CPU_TRAIN_FLOPS_PER_SECOND)
+    at, key = look_inside(page, checked_run)
+    assert at.toggle(key=f"patch-go-{key}").label.startswith("Search up to 40 training images")
+    at.toggle(key=f"patch-go-{key}").set_value(True).run()
+    assert not at.exception and "of 40 training images that excite one channel most" in captions(at)
+
+
+def test_a_block_whose_top_patches_cost_more_than_the_budget_says_so_instead(checked_run: Path, page,
+                                                                            monkeypatch) -> None:
+    crops = cost.patch_work(CONFIG, TRAIN.train_size, "block2_conv").bounded
+    monkeypatch.setattr(cost, "PATCH_SECONDS", 0.9 * crops / cost.CPU_TRAIN_FLOPS_PER_SECOND)
+    at, key = look_inside(page, checked_run)
+    assert not at.exception and not [t for t in at.toggle if t.key == f"patch-go-{key}"]
+    said = [w.value for w in at.warning if "top patches of block2_conv" in w.value]
+    assert len(said) == 1 and said[0].startswith("Not computed here: cropping the top patches of block2_conv")
+    assert said[0].endswith("An earlier block costs less.")
+    at.selectbox(key=f"patch-block-{key}").set_value("block1_conv").run()  # fewer layers to go through
+    assert at.toggle(key=f"patch-go-{key}").label.startswith("Search up to 200 training images")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import streamlit  # noqa: F401  Streamlit makes its own plotly template the default, as it does in the app
@@ -92,6 +94,35 @@ def test_per_class_writes_each_percentage_beside_its_class_without_overlap() -> 
     assert bar.text[-1] == "100%" and bar.text[0] == "4%" and bar.textposition == "outside"
     assert fig.layout.xaxis.range[1] > 1.1  # room beside the longest bar for its label
     assert fig.layout.yaxis.autorange == "reversed" and fig.layout.yaxis.automargin is True
+
+
+HOSTILE = ["[x](http://evil.invalid)", "<img src=http://evil.invalid/x.png>", "<a href='http://evil.invalid'>cat</a>",
+           "a & b", *LABELS[4:]]  # label names as a hostile report.json could give them
+
+
+def test_label_names_with_tags_are_drawn_as_text_in_every_class_chart() -> None:
+    m = matrix(20)
+    for fig in (charts.confusion(m, HOSTILE, clickable=True), charts.per_class(np.full(10, 0.5), HOSTILE),
+                charts.top_k(HOSTILE[:5], [0.5, 0.2, 0.1, 0.1, 0.1], true_label=HOSTILE[1])):
+        drawn = json.dumps(json.loads(fig.to_json()))  # every string of the figure, as the browser gets it
+        assert "<img" not in drawn and "<a href" not in drawn  # no tag Plotly would fetch or link, anywhere
+        assert "&lt;img src=http://evil.invalid/x.png&gt;" in drawn and "a &amp; b" in drawn  # shown as written
+    fig = charts.confusion(m, HOSTILE, clickable=True)
+    assert fig.data[0].x[1] == fig.data[0].y[1] == fig.data[1].x[1] == "&lt;img src=http://evil.invalid/x.png&gt;"
+    assert fig.layout.annotations[1].x == fig.data[0].x[1]  # each count still sits in its cell
+
+
+def test_class_names_that_look_like_numbers_stay_names_on_the_axes() -> None:
+    names = [str(i) for i in range(1, 11)]
+    fig = charts.confusion(matrix(20), names)
+    assert fig.layout.xaxis.type == fig.layout.yaxis.type == "category"  # "1" is a class, not the position 1
+    assert charts.per_class(np.full(10, 0.5), names).layout.yaxis.type == "category"
+    assert charts.top_k(names[:5], [0.5, 0.2, 0.1, 0.1, 0.1]).layout.yaxis.type == "category"
+
+
+def test_a_run_name_with_a_link_is_a_plain_legend_entry() -> None:
+    fig = charts.overlay([("<a href='http://evil.invalid'>run</a>", history(0.3))], "val_accuracy", "acc")
+    assert fig.data[0].name == "&lt;a href='http://evil.invalid'&gt;run&lt;/a&gt;"
 
 
 def history(start: float, epochs: int = 5) -> list[dict[str, float]]:

@@ -89,7 +89,44 @@ def test_memory_estimate_matches_what_the_article_network_was_measured_to_take()
     assert article.eval_batch() < 8 <= 256 == default.eval_batch()  # checking the article's network goes a few at a time
 
 
-def test_top_patches_search_fewer_images_for_a_costly_network() -> None:
+# The largest network ModelConfig allows: 1.15 TFLOPs per image (issue #24 measured the pages with it).
+LARGEST = ModelConfig(widths=(256,) * 4, conv_kernel=7, deconv_kernel=7, conv_stride=1, deconv_stride=1,
+                      upsample="resize", block_deconvs=True, up_blocks=3, head="flatten", pool_size=1)
+
+
+def test_top_patches_search_fewer_images_for_a_costly_network_within_the_budget() -> None:
     assert cost.patch_images(PRESETS["default"], 10_000) == cost.PATCH_IMAGES  # 25 MFLOPs: all 2,000
     assert cost.patch_images(PRESETS["default"], 300) == 300  # never more than the run trained on
-    assert cost.patch_images(PRESETS["article"], 10_000) == 100  # its GFLOPs per image: the floor of 100
+    article = cost.patch_images(PRESETS["article"], 10_000)
+    assert cost.PATCHES <= article < cost.PATCH_IMAGES  # its GFLOPs per image: fewer, and no floor above the budget
+    work = cost.patch_work(PRESETS["article"], 10_000)
+    assert work.allowed and work.heavy and work.seconds <= cost.PATCH_SECONDS
+    assert 0.99 * cost.PATCH_SECONDS < work.seconds  # what the crops leave, spent on images
+    first = cost.patch_images(PRESETS["article"], 10_000, "block1_conv")
+    assert first == cost.PATCH_IMAGES > article  # an early block costs only the layers up to it
+
+
+def test_a_block_whose_crops_alone_exceed_the_budget_searches_nothing() -> None:
+    blocks = [c.name.removesuffix("_relu") for c in describe(LARGEST).layers if c.name.endswith("_relu")]
+    counts = [cost.patch_images(LARGEST, 50_000, b) for b in blocks]
+    assert counts[0] == cost.PATCH_IMAGES and counts == sorted(counts, reverse=True)  # deeper blocks cost more
+    assert counts[-1] == 0 and not cost.patch_work(LARGEST, 50_000, blocks[-1]).allowed
+    assert all(cost.patch_work(LARGEST, 50_000, b).allowed == (n > 0) for b, n in zip(blocks, counts))
+
+
+def test_flops_through_a_block_count_the_layers_up_to_it() -> None:
+    c = describe(PRESETS["default"])
+    assert c.flops_through("block1_conv") == c.layer("block1_conv").flops  # the rescale, BN and ReLU cost none
+    assert c.flops_through("up1_conv") == c.flops - c.layer("classifier").flops
+
+
+def test_the_pages_refuse_the_largest_network_and_keep_the_default_in_the_page_thread() -> None:
+    largest = cost.classify_work(LARGEST, 1)
+    assert not largest.allowed and largest.bounded_seconds > cost.PAGE_SECONDS  # 26 s per image with its mirror
+    assert not cost.classify_work(LARGEST.replace(mirror_predict=False), 1).allowed  # 13 s without it
+    default = [cost.classify_work(PRESETS["default"], 28)] + [
+        cost.inside_work(PRESETS["default"], kind, "block3_conv") for kind in cost.INSIDE_PASSES]
+    assert all(w.allowed and not w.heavy for w in default)  # milliseconds: no worker thread
+    article = [cost.inside_work(PRESETS["article"], kind, "block3_deconv") for kind in cost.INSIDE_PASSES]
+    assert all(w.allowed for w in article + [cost.classify_work(PRESETS["article"], 20)])
+    assert cost.classify_work(PRESETS["article"], 20).heavy  # 2.6 s: beside the page, with a progress line

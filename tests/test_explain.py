@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from deconv import explain
+from deconv.computations import Abandoned
 from deconv.config import ModelConfig
 from deconv.model import build_model
 
@@ -189,6 +190,31 @@ def test_top_patches_are_the_images_that_excite_each_channel_most_cropped_to_wha
     crops = found.patches[red_row].astype(float)
     assert (crops[..., 0] > 150).all() and (crops[..., 2] == 0).all()  # each crop is the unit's 1-pixel field: red
     assert set(found.images[found.channels.index(1)].tolist()) < set(blue.tolist())
+
+
+def test_a_probe_is_made_once_per_model_and_runs_only_as_far_as_the_block_asked_for() -> None:
+    model = build_model(ModelConfig(widths=(8, 16)))
+    probe = explain.probe(model)
+    assert explain.probe(model) is probe and explain.backward_probes(model) is explain.backward_probes(model)
+    part = explain.through(probe, "block1_conv")
+    assert explain.through(probe, "block1_conv") is part
+    assert not {"block2_conv", "up1_deconv", "classifier"} & {layer.name for layer in part.layers}
+    x = scenes(2, np.random.default_rng(9))[0].astype(np.float32)
+    np.testing.assert_allclose(part(x), probe(x)["block1_conv"], rtol=1e-5)
+
+
+def test_top_patches_tell_their_progress_step_by_step_and_stop_when_it_raises() -> None:
+    images = np.random.default_rng(10).integers(0, 255, (30, 32, 32, 3)).astype(np.uint8)
+    told: list[float] = []
+    explain.top_patches(colour_detector(pool=False), images, "block1_conv", channels=2, batch_size=10,
+                        progress=told.append)
+    assert told == pytest.approx([1 / 5, 2 / 5, 3 / 5, 4 / 5, 1.0])  # three batches searched, two channels cropped
+
+    def stop(fraction: float) -> None:
+        raise Abandoned  # what the progress of a computation nobody waits for raises
+
+    with pytest.raises(Abandoned):
+        explain.top_patches(colour_detector(pool=False), images, "block1_conv", channels=2, progress=stop)
 
 
 def test_the_checkerboard_score_is_zero_for_an_even_map_and_large_for_a_checkerboard() -> None:

@@ -1,11 +1,14 @@
-"""The model's answers: one traced forward pass for any batch size, top-k labels, and when an answer is unsure."""
+"""The model's answers: one traced forward pass for any batch size, top-k labels, when an answer is unsure; and how
+the pages keep what they compute and compute the heavy part beside the page."""
 
 from __future__ import annotations
+
+import threading
 
 import keras
 import numpy as np
 
-from deconv import inference
+from deconv import computations, inference
 from deconv.config import ModelConfig
 from deconv.model import build_model
 
@@ -80,3 +83,72 @@ def test_a_config_saved_before_mirror_prediction_existed_predicts_one_view_and_t
     del old["mirror_predict"]
     assert ModelConfig.from_dict(old).mirror_predict is False and ModelConfig().mirror_predict is True
     assert PRESETS["article"].mirror_predict is False
+
+
+# What the pages compute (deconv.computations): kept per key, light work in the caller's thread, heavy in the worker.
+
+def squares(calls: list[tuple[list[int], str]], keys: list[int]) -> computations.Compute:
+    """A computation of each key's square, in chunks of two, that records each chunk and its thread."""
+    def chunk(positions: list[int]) -> list[int]:
+        calls.append((positions, threading.current_thread().name))
+        return [keys[i] ** 2 for i in positions]
+    return computations.in_chunks(chunk, 2)
+
+
+def test_kept_values_are_not_computed_again_and_light_work_stays_in_the_callers_thread() -> None:
+    kept, calls = computations.Computations(), []
+    values, tasks = kept.get([1, 2, 3], squares(calls, [1, 2, 3]), heavy=False)
+    assert values == [1, 4, 9] and not tasks
+    assert calls == [([0, 1], threading.current_thread().name), ([2], threading.current_thread().name)]
+    values, _ = kept.get([3, 4, 1], squares(calls, [3, 4, 1]), heavy=False)
+    assert values == [9, 16, 1] and calls[2:] == [([1], threading.current_thread().name)]  # only the new key
+
+
+def test_heavy_work_runs_in_the_worker_and_its_values_are_kept_as_they_come() -> None:
+    kept, calls = computations.Computations(), []
+    release = threading.Event()
+
+    def slow(positions: list[int]) -> list[int]:
+        release.wait(60)
+        calls.append((positions, threading.current_thread().name))
+        return [p * 10 for p in positions]
+
+    values, tasks = kept.get(["a", "b", "c"], computations.in_chunks(slow, 1), heavy=True)
+    assert values == [None, None, None] and len(tasks) == 1
+    again, same = kept.get(["a", "b", "c"], computations.in_chunks(slow, 1), heavy=True)
+    assert same == tasks and again == [None, None, None]  # asked again while it runs: no second task
+    release.set()
+    assert tasks[0].finished.wait(60)
+    assert tasks[0].fraction == 1.0 and {name for _, name in calls} == {"deconv-computations"}
+    assert kept.get(["a", "b", "c"], computations.in_chunks(slow, 1), heavy=True) == ([0, 10, 20], [])
+    kept.close()
+
+
+def test_a_task_nobody_asks_about_stops_and_an_error_is_kept_to_be_told() -> None:
+    kept = computations.Computations(abandon_after=-1.0)  # abandoned as soon as it is queued
+    values, tasks = kept.get(["x"], computations.alone(lambda progress: 1 / 0), heavy=True)
+    assert tasks[0].finished.wait(60) and not tasks[0].started
+    assert kept.get(["x"], computations.alone(lambda progress: 1), heavy=False)[0] == [1]  # nothing kept: computed now
+    failing = computations.Computations()
+    _, tasks = failing.get(["y"], computations.alone(lambda progress: 1 / 0), heavy=True)
+    assert tasks[0].finished.wait(60)
+    values, tasks = failing.get(["y"], computations.alone(lambda progress: 1), heavy=True)
+    assert not tasks and isinstance(values[0], computations.Failed)  # said, not computed again
+    assert isinstance(values[0].error, ZeroDivisionError)
+    kept.close()
+    failing.close()
+
+
+def test_the_kept_values_are_bounded_by_their_bytes_least_recently_used_first() -> None:
+    kept = computations.Computations(max_bytes=3 * 1000)
+    arrays = computations.alone(lambda progress: np.zeros(1000, np.uint8))
+    for key in "abc":
+        kept.get([key], arrays, heavy=False)
+    kept.get(["a"], arrays, heavy=False)  # used again: now the newest
+    calls: list[str] = []
+    kept.get(["d"], computations.alone(lambda progress: calls.append("d") or np.zeros(1000, np.uint8)), heavy=False)
+    recount = computations.alone(lambda progress: calls.append("again") or np.zeros(1000, np.uint8))
+    assert kept.get(["a"], recount, heavy=False)[0][0] is not None and calls == ["d"]
+    kept.get(["b"], recount, heavy=False)
+    assert calls == ["d", "again"]  # b was the least recently used: dropped
+    assert computations.digest(np.zeros((2, 2), np.uint8)) != computations.digest(np.ones((2, 2), np.uint8))

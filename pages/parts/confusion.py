@@ -9,6 +9,7 @@ import streamlit as st
 
 from deconv import analysis, charts, data, images, runs
 from deconv.config import TrainConfig
+from pages.parts import text
 
 CELL_IMAGES = 24  # images shown for a clicked cell
 
@@ -35,16 +36,18 @@ def confusion_charts(matrix: np.ndarray, labels: list[str], when: str, key: str,
                      report: analysis.ValidationReport | None = None, pictures: np.ndarray | None = None) -> None:
     """A confusion matrix beside the per-class accuracy it implies; with a report that kept its per-image classes
     and the validation images, a click on a cell shows that cell's images."""
-    clickable = report is not None and report.true is not None and pictures is not None
+    clickable = (report is not None and report.true is not None and pictures is not None
+                 and len(report.true) <= len(pictures))  # its indices point into these images
     left, right = st.columns([3, 2])
     left.markdown(f"**Confusion matrix**{when} ({int(matrix.sum())} validation images)")
     chosen_key = f"cm-{key}.chosen"
     fig = charts.confusion(matrix, labels, clickable, st.session_state.get(chosen_key))
     if clickable:
         event = left.plotly_chart(fig, key=f"cm-{key}", on_select="rerun", selection_mode="points")
-        points = [p for p in event.selection.points if p.get("curve_number") == 1] if event else []
-        if points:
-            st.session_state[chosen_key] = (labels.index(points[0]["y"]), labels.index(points[0]["x"]))
+        points = [p for p in (event.selection.points if event else [])
+                  if p.get("curve_number") == 1 and "point_index" in p]
+        if points:  # the cell markers run row by row: the point's number is its cell (names may look like numbers)
+            st.session_state[chosen_key] = divmod(int(points[0]["point_index"]), len(labels))
         left.caption("Click a cell to see its images.")
     else:
         left.plotly_chart(fig, key=f"cm-{key}")
@@ -57,7 +60,7 @@ def confusion_charts(matrix: np.ndarray, labels: list[str], when: str, key: str,
 def cell_images(report: analysis.ValidationReport, pictures: np.ndarray, true: int, predicted: int) -> None:
     """The validation images of one confusion-matrix cell, as many as fit."""
     found = report.cell(true, predicted)
-    t, p = report.labels[true], report.labels[predicted]
+    t, p = text.plain(report.labels[true]), text.plain(report.labels[predicted])  # the run's files: shown as written
     what = f"true **{t}**, predicted **{p}**" + (" (right)" if true == predicted else "")
     if found is None or not len(found):
         st.markdown(f"{what}: no validation images.")

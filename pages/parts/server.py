@@ -16,7 +16,10 @@ from typing import Any
 
 import streamlit as st
 
+import numpy as np
+
 from deconv import runs
+from deconv.computations import Computations
 from deconv.memo import Memo
 from pages.parts import state
 
@@ -26,6 +29,9 @@ _keras_import = threading.Lock()
 _manager_lock = threading.Lock()
 _manager: Any = None  # the one JobManager of this server process (see job_manager)
 _models: Memo[Any] = Memo(max_entries=2, ttl=MODEL_TTL_SECONDS)  # loaded models, per run file version
+# What one visitor's page computed on a run (answers, maps, top patches) serves the next (deconv.computations).
+COMPUTED = Computations()
+TRAINING_IMAGES: Memo[np.ndarray] = Memo(max_entries=2)  # the top-patch search images of the last two runs (6 MB each)
 
 
 def import_keras() -> None:
@@ -83,7 +89,8 @@ def job_manager() -> Any:
 
 
 def close_server_objects() -> None:
-    """Stop the job manager and forget it and the loaded models (the server's own code: tests, shutdown)."""
+    """Stop the job manager and forget it, the loaded models and what was computed (the server's own code: tests,
+    shutdown)."""
     global _manager
     with _manager_lock:
         if _manager is not None:
@@ -91,6 +98,8 @@ def close_server_objects() -> None:
             atexit.unregister(_manager.shutdown)
         _manager = None
     _models.clear()
+    TRAINING_IMAGES.clear()
+    COMPUTED.clear()
 
 
 def runs_dir() -> Path:
