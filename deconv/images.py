@@ -1,7 +1,8 @@
 """Visitors' pictures: a PNG, JPEG, GIF, BMP or WebP file turned into the 32x32 RGB input the model saw.
 
 Every file may come from a hostile stranger (the app is one server shared by a class or the public): only five
-formats are parsed, a picture is shrunk before anything else is done with it, and a session keeps a preview and
+formats are parsed, a picture is shrunk before anything else is done with it, a JPEG's scans are counted before it
+is decoded, one upload stops reading files after about a second of CPU time, and a session keeps a preview and
 the 32x32 view of each, never the file or the decoded picture."""
 
 from __future__ import annotations
@@ -10,27 +11,41 @@ import hashlib
 import io
 import os
 import struct
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from deconv.config import IMAGE_SIZE
 
 FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "GIF": "GIF", "BMP": "BMP", "WEBP": "WebP"}  # Pillow's name: ours
 FILE_TYPES = ("png", "jpg", "jpeg", "gif", "bmp", "webp")  # the file name endings of FORMATS, for the uploader
 # Larger declared sizes are refused before decoding (decompression bombs). Decoded whole, a PNG, GIF or BMP this
-# size takes up to 160 MB and a second (measured: 8000x5000 RGBA PNG), a JPEG a few MB (decoded at 1/8 scale); a
+# size takes up to 160 MB and a second (measured: 8000x5000 RGBA PNG), a JPEG a few MB (decoded at 1/8 scale), a
+# progressive one 230 MB (libjpeg keeps every coefficient until the last scan: measured at 8000x5000, 4:4:4); a
 # WebP takes about 15 bytes a pixel (libwebp's canvas and two copies of it in Pillow: 610 MB at 40 million), hence
 # its own limit, for about 250 MB.
 MAX_PIXELS = 40_000_000
 MAX_WEBP_PIXELS = 16_000_000
 MAX_BYTES = 10 * 1024 * 1024  # the same limit as the app's upload size
 MAX_FILES_PER_UPLOAD = 20  # files of one upload that are read; more could not all be kept (MAX_PICTURES) anyway
+# libjpeg decodes a JPEG scan by scan, each scan a pass over the whole picture: a baseline JPEG has 1, a progressive
+# one about 10 (18 in CMYK), an EXIF thumbnail or a phone's second picture 1 more each. A file of many tiny scans is
+# a time bomb that draft() does not defuse, since every scan is read at any scale (measured: 0.56 MB of 1,000 scans
+# over 40 million pixels took 23 s; 0.69 MB of 20,000 over 1 million, 11 s). So the scans are counted before
+# decoding, at a few ms a MB. The costliest scan, a 30-byte DC scan of a CMYK file, takes about 1.5 ns a pixel,
+# so 16 scans of the largest picture take about a second, as long as the largest PNG (0.7 s, MAX_PIXELS of RGBA).
+MAX_SCANS = 100
+MAX_SCAN_PIXELS = 16 * MAX_PIXELS  # scans x pixels: 16 scans at the pixel limit, 100 up to 6.4 million pixels
+# CPU time (the upload's thread's, not the server's) after which one upload reads no more files. The file being
+# read then adds at most one file's worst case, about a second (see MAX_SCAN_PIXELS), so an upload costs at most
+# about 2 s however many files it holds. Measured: a 12-megapixel phone photo takes 0.05 s (baseline JPEG) to
+# 0.15 s (progressive), so an upload of 20 baseline photos is read whole, or nearly.
+UPLOAD_SECONDS = 1.0
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white
 PREVIEW_SIZE = 150  # a preview fits in this many pixels square
 OVERSAMPLE = 4  # a decoded picture is first shrunk to about this many times the sizes shown (see reduction)
@@ -101,38 +116,48 @@ def _other_format(head: bytes) -> str | None:
     return None
 
 
+def _check_scans(content: bytes | bytearray, width: int, height: int) -> None:
+    """ImageError if a JPEG has more scans than MAX_SCANS, or than MAX_SCAN_PIXELS allows a picture of its size.
+
+    A scan starts with an SOS marker, the bytes FF DA, which cannot occur in a scan's coded data (there an FF byte is
+    followed by 00 or a restart marker): counting them in the whole file never counts fewer scans than libjpeg reads,
+    only more where a thumbnail, a second picture or metadata holds some."""
+    scans = content.count(b"\xff\xda")
+    allowed = min(MAX_SCANS, MAX_SCAN_PIXELS // (width * height))
+    if scans > allowed:
+        raise ImageError(f"it is a JPEG of {scans:,} scans (passes over the whole picture), more than the "
+                         f"{allowed:,} a picture of {width}x{height} pixels may have; save it as an ordinary "
+                         "(baseline) JPEG or as a PNG")
+
+
 def open_image(source: bytes | str | os.PathLike[str]) -> Image.Image:
     """The upright, RGB, first-frame picture, shrunk to no more than `reduction` needs, or ImageError."""
     if isinstance(source, (bytes, bytearray)):
-        if not source:
-            raise ImageError("the file is empty")
-        if len(source) > MAX_BYTES:
-            raise ImageError(f"the file is {len(source) / 2**20:.1f} MB, more than the {MAX_BYTES // 2**20} MB limit")
-        stream: Any = io.BytesIO(source)
-        head = bytes(source[:16])  # where Pillow looks for a format's signature
+        content, size = source, len(source)
     else:
         path = Path(source)
         try:
             size = path.stat().st_size
-            with path.open("rb") as f:
-                head = f.read(16)
+            content = path.read_bytes() if size <= MAX_BYTES else b""
         except OSError as e:
             raise ImageError(f"cannot read it: {e.strerror or e}") from None
-        if size == 0:
-            raise ImageError("the file is empty")
-        if size > MAX_BYTES:
-            raise ImageError(f"the file is {size / 2**20:.1f} MB, more than the {MAX_BYTES // 2**20} MB limit")
-        stream = path
+    if size == 0:
+        raise ImageError("the file is empty")
+    if size > MAX_BYTES:
+        raise ImageError(f"the file is {size / 2**20:.1f} MB, more than the {MAX_BYTES // 2**20} MB limit")
+    head = bytes(content[:16])  # where Pillow looks for a format's signature
     taken = ", ".join(FORMATS.values())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(stream, formats=list(FORMATS)) as img:
+            with Image.open(io.BytesIO(content), formats=list(FORMATS)) as img:
                 limit = MAX_WEBP_PIXELS if img.format == "WEBP" else MAX_PIXELS
                 if img.width * img.height > limit:
                     raise ImageError(f"it declares {img.width}x{img.height} pixels, more than the "
                                      f"{limit // 1_000_000}-million-pixel limit"
                                      + (" of a WebP file" if limit == MAX_WEBP_PIXELS else ""))
+                if isinstance(img, JpegImagePlugin.JpegImageFile):  # a phone's multi-picture JPEG (MPO) too
+                    _check_scans(content, img.width, img.height)
                 img.seek(0)  # the first frame of an animation
                 factor = reduction(img.width, img.height)
                 # JPEG: decode at 1/2, 1/4 or 1/8 scale, no smaller than the reduction keeps; much faster
@@ -235,9 +260,16 @@ class Pictures:
 
     def upload(self, files: Sequence[tuple[str, bytes]]) -> None:
         """Add the (name, bytes) of one upload, its first MAX_FILES_PER_UPLOAD files (the others are `left_out`);
-        those that cannot be read become this upload's problems."""
+        those that cannot be read become this upload's problems, and so do those left unread once reading the others
+        took UPLOAD_SECONDS of CPU time."""
         self.problems, self.left_out = [], max(0, len(files) - MAX_FILES_PER_UPLOAD)
-        for name, content in files[:MAX_FILES_PER_UPLOAD]:
+        start = time.thread_time()  # this thread's: other sessions' work does not count
+        for i, (name, content) in enumerate(files[:MAX_FILES_PER_UPLOAD]):
+            if time.thread_time() - start >= UPLOAD_SECONDS:
+                why = (f"it was not read, as this upload had already taken its {UPLOAD_SECONDS:g} s of reading time "
+                       "on the files before it; upload it again, with fewer or smaller files")
+                self.problems += [(unread, why) for unread, _ in files[i:MAX_FILES_PER_UPLOAD]]
+                break
             try:
                 self.add(name, content)
             except ImageError as e:

@@ -1,5 +1,6 @@
 """Any image becomes the 32x32 RGB view the model saw; bad files and other formats get a clear ImageError; a huge
-picture costs little memory; an upload is read up to twenty files, and the same bytes are not decoded twice."""
+picture costs little memory and a JPEG of many scans is refused before decoding; an upload is read up to twenty
+files and up to its CPU time, and the same bytes are not decoded twice."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from deconv import images, samples
 
@@ -82,6 +83,65 @@ def test_a_webp_larger_than_its_own_limit_is_refused_before_decoding() -> None:
     with pytest.raises(images.ImageError, match="4100x4000 pixels, more than the 16-million-pixel limit of a WebP"):
         images.prepare(samples.webp_declaring(4100, 4000))
     assert images.MAX_WEBP_PIXELS < 4100 * 4000 < images.MAX_PIXELS
+
+
+def many_scans(scans: int, width: int = 64, height: int = 48) -> bytes:
+    """A progressive JPEG whose last scan is repeated until it has `scans`: each repeat is a few bytes long and one
+    more pass of the decoder over the whole picture."""
+    data = samples.encode(samples.gradient(width, height), "JPEG", progressive=True)
+    last = data.rindex(b"\xff\xda")  # the last scan runs up to the end-of-image marker, the file's last two bytes
+    return data[:-2] + data[last:-2] * (scans - data.count(b"\xff\xda")) + data[-2:]
+
+
+def declaring(jpeg: bytes, width: int, height: int) -> bytes:
+    """The JPEG with its frame header saying width x height pixels (its scans still cover the pixels it had)."""
+    frame = jpeg.index(b"\xff\xc2")  # a progressive frame: marker, length, precision, height, width
+    return jpeg[:frame + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + jpeg[frame + 9:]
+
+
+class Decoded(Exception):
+    """Raised instead of decoding a JPEG, to show that a check came first."""
+
+
+def never_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on a JPEG raises Decoded where its pixels would be decoded."""
+    def load(self: JpegImagePlugin.JpegImageFile) -> None:
+        raise Decoded(f"{self.size} decoded")
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", load)
+
+
+def test_a_jpeg_of_many_scans_is_refused_before_it_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    bomb = many_scans(1000)  # 1,000 scans over 40 million pixels took 23 s to decode
+    never_decode(monkeypatch)
+    with pytest.raises(images.ImageError) as err:
+        images.prepare(bomb)
+    assert str(err.value) == ("it is a JPEG of 1,000 scans (passes over the whole picture), more than the 100 a "
+                              "picture of 64x48 pixels may have; save it as an ordinary (baseline) JPEG or as a PNG")
+    assert images.MAX_SCANS == 100
+
+
+def test_a_larger_picture_may_have_fewer_scans(monkeypatch: pytest.MonkeyPatch) -> None:
+    never_decode(monkeypatch)
+    assert images.MAX_SCAN_PIXELS // images.MAX_PIXELS == 16  # scans of the largest picture: 10 are common
+    with pytest.raises(images.ImageError, match="JPEG of 17 scans .* more than the 16 a picture of 8000x5000 pixels"):
+        images.prepare(declaring(many_scans(17), 8000, 5000))
+    with pytest.raises(Decoded, match=r"\(1000, 625\) decoded"):  # at the limit it is decoded (at 1/8 scale)
+        images.prepare(declaring(many_scans(16), 8000, 5000))
+    with pytest.raises(Decoded):  # a smaller picture may have up to MAX_SCANS
+        images.prepare(declaring(many_scans(100), 2000, 2000))
+
+
+def test_ordinary_jpegs_and_one_at_the_scan_limit_still_decode() -> None:
+    picture = samples.gradient(640, 480)
+    baseline, progressive = samples.encode(picture, "JPEG"), samples.encode(picture, "JPEG", progressive=True)
+    assert baseline.count(b"\xff\xda") == 1 and progressive.count(b"\xff\xda") == 10
+    at_limit = many_scans(images.MAX_SCANS)
+    assert at_limit.count(b"\xff\xda") == images.MAX_SCANS
+    for jpeg in (baseline, progressive, at_limit, samples.multi_picture_jpeg()):
+        assert images.prepare(jpeg).shape == (32, 32, 3)
+    full = np.asarray(images.model_view(picture), int)
+    assert np.abs(images.prepare(progressive).astype(int) - full).max() <= 4  # JPEG's loss only
 
 
 def test_a_large_picture_is_shrunk_to_what_the_preview_and_the_view_need() -> None:
@@ -258,6 +318,27 @@ def test_an_upload_reads_twenty_files_and_counts_the_ones_left_out(monkeypatch: 
     pictures.upload(files)
     pictures.clear()
     assert pictures.left_out == 0 and not pictures.refused
+
+
+def test_an_upload_reads_no_more_files_once_it_has_taken_its_cpu_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]  # the upload's CPU time: each decoded file costs 1/3.5 of its budget, so the fifth is not read
+    real = images.open_image
+
+    def costly(content: bytes) -> Image.Image:
+        clock[0] += images.UPLOAD_SECONDS / 3.5
+        return real(content)
+
+    monkeypatch.setattr(images, "open_image", costly)
+    monkeypatch.setattr(images.time, "thread_time", lambda: clock[0])
+    pictures = images.Pictures()
+    files = [(f"{i}.png", png((i * 20, 0, 0))) for i in range(8)]
+    pictures.upload(files)
+    assert [p.name for p in pictures] == ["0.png", "1.png", "2.png", "3.png"] and pictures.left_out == 0
+    assert [name for name, _ in pictures.problems] == ["4.png", "5.png", "6.png", "7.png"]
+    assert pictures.problems[0][1] == ("it was not read, as this upload had already taken its 1 s of reading time on "
+                                       "the files before it; upload it again, with fewer or smaller files")
+    pictures.upload(files[4:])  # not refused for good: uploaded again, they are read
+    assert len(pictures) == 8 and not pictures.problems
 
 
 def test_no_decoded_picture_or_file_outlives_an_upload() -> None:
