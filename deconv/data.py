@@ -110,6 +110,23 @@ def find_data(data_dir: str | os.PathLike[str] | None = None) -> DataSource | No
     return None
 
 
+def own_folder(recorded: str) -> str | None:
+    """A run's recorded data folder if it is this server's own (`find_data`), else None.
+
+    A run's meta.json may come from a visitor: the folder it names is never read unless the server reads it anyway.
+    """
+    try:
+        source = find_data()
+    except DataError:
+        return None
+    if source is None or not recorded:
+        return None
+    try:
+        return str(source.path) if Path(recorded).resolve() == source.path.resolve() else None
+    except (OSError, RuntimeError, ValueError):  # a path that cannot be resolved (a loop, a NUL byte)
+        return None
+
+
 def download(progress: DownloadProgress | None = None) -> DataSource:
     """Download and extract CIFAR-10 into the Keras cache as keras.datasets.cifar10 does (hash-checked)."""
     cache = keras_cache_dirs()[0].parent.parent

@@ -63,6 +63,6 @@ if run and state.is_reference(run):
     st.markdown(f"Active model: the **reference model** shipped with the app ({text.architecture_summary(run.model_config)}"
                 f"), until you train one on **Train** or pick a saved run on **Runs**.")
 elif run:
-    st.markdown(f"Active model: **{run.name}** ({text.architecture_summary(run.model_config)}).")
+    st.markdown(f"Active model: **{text.plain(run.name)}** ({text.architecture_summary(run.model_config)}).")
 else:
     st.markdown("No active model yet. Start on **Architecture**, or go straight to **Train** with the fast default.")

@@ -101,7 +101,7 @@ def finished(job: Any) -> None:
     try:
         info = runs.read_run(job.run_dir)
     except runs.RunError as e:  # deleted or damaged since it was saved
-        st.warning(f"The saved run cannot be read any more: {e}.")
+        st.warning(f"The saved run cannot be read any more: {text.plain(str(e))}.")
         return
     server.adopt_finished_run()  # the sidebar did this already when the app script ran first
     last = info.history[-1] if info.history else {}
@@ -115,11 +115,11 @@ def finished(job: Any) -> None:
     m[2].metric("Epochs completed", f"{info.epochs_completed} of {info.train_config.epochs}")
     m[3].metric("Training time", text.fmt_seconds(info.meta.train_seconds))
     curves(job)
-    st.caption(f"Saved as **{info.name}** in {info.path.parent} and made the active model.")
+    st.caption(f"Saved as **{text.plain(info.name)}** in {info.path.parent} and made the active model.")
     try:
         rep = analysis.read_report(info.path)
     except analysis.ReportError as e:
-        st.caption(f"No confusion matrix: {e}.")
+        st.caption(f"No confusion matrix: {text.plain(str(e))}.")
         return
     part = f" (the first {rep.images} validation images)" if rep.images < info.train_config.val_size else ""
     pictures = confusion.run_pictures(info)

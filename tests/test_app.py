@@ -504,3 +504,13 @@ def test_mirror_prediction_is_a_switch_of_the_network_and_the_train_page_says_wh
     words = next(e for e in at.expander if e.label == "What do these words mean?")
     assert "Mirror prediction (test-time augmentation)." in words.markdown[0].value
     assert "Label smoothing." in words.markdown[0].value
+
+
+def test_visitor_text_is_escaped_so_markdown_shows_no_link_image_or_emphasis() -> None:
+    from pages.parts import text
+
+    for raw in ("[click](http://evil.invalid)", "![x](http://evil.invalid/p.png)", "<img src=x>", "www.evil.invalid",
+                "me@evil.invalid", "*bold* _it_ `code`"):
+        shown = text.plain(raw)
+        assert "](" not in shown and "<img" not in shown and "www." not in shown.lower() and "@" not in shown.replace("\\@", "")
+        assert shown.replace("\\", "") == raw  # nothing lost: every character is still there, escaped

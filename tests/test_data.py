@@ -170,3 +170,13 @@ def test_two_downloads_at_once_download_once(tmp_path: Path, monkeypatch: pytest
         t.join()
     assert len(fetched) == 1 and len(results) == 2 and results[0].path == results[1].path
     assert data.label_names(results[0]) == LABELS
+
+
+def test_a_runs_recorded_data_folder_is_read_only_when_it_is_this_servers_own(cifar_dir: Path, tmp_path: Path) -> None:
+    from deconv.samples import write_cifar
+
+    elsewhere = write_cifar(tmp_path / "elsewhere")  # real CIFAR files, but not the folder this server reads
+    assert data.own_folder(str(cifar_dir)) == str(data.find_data().path)
+    assert data.own_folder(str(cifar_dir.parent / "." / cifar_dir.name)) == str(data.find_data().path)
+    for recorded in (str(elsewhere), "/etc", "", "/no/such/folder", "a\0b"):
+        assert data.own_folder(recorded) is None

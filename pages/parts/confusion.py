@@ -22,9 +22,9 @@ def validation_images(path: str, val_size: int, seed: int) -> np.ndarray:
 
 
 def run_pictures(info: runs.RunInfo) -> np.ndarray | None:
-    """A run's validation images, if the data it was trained with is on this machine."""
-    path = info.meta.data.path
-    if not path or not Path(path).is_dir():
+    """A run's validation images, if the data it was trained with is this server's."""
+    path = data.own_folder(info.meta.data.path)
+    if path is None:
         return None
     try:
         return validation_images(path, info.train_config.val_size, info.train_config.seed)

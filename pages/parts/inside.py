@@ -133,8 +133,8 @@ def projection_panel(key: str, run: runs.RunInfo, view: np.ndarray, view_key: st
 
 def top_patches_panel(key: str, run: runs.RunInfo, blocks: list[str]) -> None:
     """For a chosen block, the training images that excite each of its most active channels most."""
-    path = run.meta.data.path
-    if not path or not Path(path).is_dir():  # trained elsewhere: CIFAR-10's training images here will do
+    path = data.own_folder(run.meta.data.path)
+    if path is None:  # trained elsewhere: CIFAR-10's training images here will do
         source = data.find_data()
         if source is None or not source.has_train:
             st.caption("Top patches need CIFAR-10's training images, which are not on this server.")
@@ -166,7 +166,7 @@ def top_patches_panel(key: str, run: runs.RunInfo, blocks: list[str]) -> None:
         found = computed((str(run.path), run.version, "top patches", path, train.train_size, train.seed, block, count),
                          work, f"Running {count:,} training images through the network", search, refusal)
     except (data.DataError, runs.RunError) as e:
-        st.error(f"No top patches: {e}.")
+        st.error(f"No top patches: {text.plain(str(e))}.")
         return
     if found is None:
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.parts import server, state
+from pages.parts import server, state, text
 
 
 def sidebar() -> None:
@@ -21,7 +21,7 @@ def sidebar() -> None:
                              "or pick a saved run.")
         elif run:
             acc = run.val_accuracy
-            st.markdown(f"**{run.name}**  \n" + (f"validation accuracy {acc:.1%}" if acc is not None else "not validated"))
+            st.markdown(f"**{text.plain(run.name)}**  \n" + (f"validation accuracy {acc:.1%}" if acc is not None else "not validated"))
         else:
             st.markdown("none yet: train one or pick a saved run")
         job = server.job_manager().latest_job(state.owner())

@@ -8,12 +8,13 @@ from deconv.config import ModelConfig
 from deconv.cost import describe
 from deconv.jobs import fmt_duration
 
-MARKDOWN = re.compile(r"([\\`*_{}\[\]()#!|$~<>:])")  # what starts emphasis, a link (http: too), an image, code
+MARKDOWN = re.compile(r"([\\`*_{}\[\]()#!|$~<>:@])")  # what starts emphasis, a link (http:, a@b), an image, code
+BARE_LINK = re.compile(r"(?i)(www)\.")  # GitHub-flavoured Markdown makes www.example.com a link
 
 
 def plain(text: str) -> str:
     """Text that came from a file or a visitor, escaped so that Streamlit's markdown shows it as written."""
-    return MARKDOWN.sub(r"\\\1", text)
+    return BARE_LINK.sub(r"\1\\.", MARKDOWN.sub(r"\\\1", text))
 
 
 def fmt_count(n: float) -> str:
