@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deconv.config import ModelConfig, TrainConfig
-from deconv.cost import describe
+from deconv.cost import classify_work, describe
 from deconv.experiment import Experiment
 from deconv.lifeline import Lifeline, spawn
 
@@ -196,7 +196,8 @@ def max_job_seconds_from_env(default: float = DEFAULT_MAX_JOB_SECONDS) -> float:
 
 
 class JobRefused(Exception):
-    """A training this server will not take; the message says why and what to do, `reason` is memory, time or queue."""
+    """A training this server will not take; the message says why and what to do, `reason` is memory, time, answer
+    (one image's answer costs too much), queue or address."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
@@ -210,6 +211,29 @@ def fmt_duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:,.1f} h"
+
+
+def cost_refusal(model_config: ModelConfig, train_config: TrainConfig, memory: MemoryCheck,
+                 max_job_seconds: float) -> JobRefused | None:
+    """Why this server would not train the network with these settings, by the cost model, or None: its memory
+    (`memory`, where it would run), its time against `max_job_seconds`, or one image's answer past the pages' budget
+    (deconv.cost.classify_work). Imported runs are held to it too (deconv.run_import)."""
+    if not memory.fits:
+        return JobRefused(f"Not enough memory for this training: it would need {memory.describe()}. Use a smaller "
+                          "batch size or fewer or narrower blocks, or try again when other trainings have ended.",
+                          "memory")
+    seconds = describe(model_config).train_seconds(train_config)
+    if seconds > max_job_seconds:
+        return JobRefused(f"This training would take about {fmt_duration(seconds)} by the estimate, longer than "
+                          f"this server allows one training ({fmt_duration(max_job_seconds)}). Use fewer "
+                          "epochs or training images, or a smaller network.", "time")
+    answer = classify_work(model_config, 1)
+    if not answer.allowed:
+        return JobRefused(f"This network would take about {fmt_duration(answer.bounded_seconds)} to classify one "
+                          "image by the estimate, longer than this server allows "
+                          f"({fmt_duration(answer.budget_seconds)}). Use fewer or narrower blocks or smaller kernels.",
+                          "answer")
+    return None
 
 
 class Worker:
@@ -535,16 +559,10 @@ class JobManager:
 
     def _admit(self, model_config: ModelConfig, train_config: TrainConfig, address: str = "") -> None:
         """Raise JobRefused if this server should not take the training (what the user can change is checked first)."""
-        memory = self.memory_check(model_config, train_config)
-        if not memory.fits:
-            raise JobRefused(f"Not enough memory for this training: it would need {memory.describe()}. Use a smaller "
-                             "batch size or fewer or narrower blocks, or try again when other trainings have ended.",
-                             "memory")
-        seconds = describe(model_config).train_seconds(train_config)
-        if seconds > self.max_job_seconds:
-            raise JobRefused(f"This training would take about {fmt_duration(seconds)} by the estimate, longer than "
-                             f"this server allows one training ({fmt_duration(self.max_job_seconds)}). Use fewer "
-                             "epochs or training images, or a smaller network.", "time")
+        refused = cost_refusal(model_config, train_config, self.memory_check(model_config, train_config),
+                               self.max_job_seconds)
+        if refused is not None:
+            raise refused
         queued = sum(j.state == "queued" for j in self.jobs)
         if len(self.running()) + queued >= self.max_jobs and queued >= self.max_queue:
             waiting = (f"{queued} training{' is' if queued == 1 else 's are'} already waiting for a slot, as many as "

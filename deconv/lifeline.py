@@ -34,12 +34,14 @@ class Lifeline:
                 os.close(self._write_end)
 
 
-def spawn(argv: list[str], env: dict[str, str] | None, **popen: Any) -> tuple[subprocess.Popen, Lifeline]:
-    """Start `python -m deconv ARGV` in a session of its own, tied to this process by a lifeline."""
+def spawn(argv: list[str], env: dict[str, str] | None, module: str = "deconv",
+          **popen: Any) -> tuple[subprocess.Popen, Lifeline]:
+    """Start `python -m MODULE ARGV` (the command line by default) in a session of its own, tied to this process by
+    a lifeline; the module calls `watch_lifeline` first thing."""
     lifeline = Lifeline()
     child_env = {**(os.environ if env is None else env), LIFELINE_ENV: str(lifeline.child_end)}
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "deconv", *argv], cwd=ROOT, env=child_env,
+        proc = subprocess.Popen([sys.executable, "-m", module, *argv], cwd=ROOT, env=child_env,
                                 pass_fds=(lifeline.child_end,), start_new_session=True, **popen)
     except OSError:
         lifeline.close()

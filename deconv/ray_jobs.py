@@ -6,6 +6,11 @@ node, a `Trainer` actor runs the experiment in a thread with a stop Event and ke
 file (what the pages read, as for a local job), Stop sets the actor's Event (the trainer stops after its batch and
 saves), and a finished run comes back as a zip (`runs.export_zip`, logs included) through `run_import.import_run`,
 the checks an uploaded run gets. Actors belong to this server's connection: Ray ends them when it closes or the server dies.
+
+What a cluster sends back is checked before the app uses it, as if a node could be anyone's: only events of the kinds
+a trainer sends, with the fields the pages read of the types they read, reach the progress file (others are left out
+and counted), within bounds of size; an end of an unknown status ends the job as an error; a run comes back in
+parts, no larger in all than an import may be; an answer of another shape ends the job as an error.
 """
 
 from __future__ import annotations
@@ -30,11 +35,11 @@ import ray  # noqa: E402
 from ray.exceptions import GetTimeoutError, RayActorError, RayError  # noqa: E402
 
 import deconv  # noqa: E402
-from deconv.config import ModelConfig, TrainConfig  # noqa: E402
+from deconv.config import NUM_CLASSES, ModelConfig, TrainConfig  # noqa: E402
 from deconv.cost import describe  # noqa: E402
 from deconv.experiment import Event, Experiment, first_line, run  # noqa: E402
 from deconv.jobs import MemoryCheck, give_back  # noqa: E402
-from deconv.run_import import import_run  # noqa: E402
+from deconv.run_import import MAX_IMPORT_BYTES, import_run  # noqa: E402
 from deconv.runs import RunError, export_zip  # noqa: E402
 
 CPUS_ENV = "DECONV_RAY_CPUS"  # CPUs one training asks of Ray; its TensorFlow uses as many threads
@@ -48,6 +53,18 @@ WATCH_SECONDS = 5.0  # how often the cluster's nodes are counted
 CALL_SECONDS = 60.0  # a cluster that answers no call for this long is taken as lost
 ARCHIVE_SECONDS = 600.0  # the most a finished run may take to come back (the article's is 1 GB)
 OBJECT_STORE_BYTES = 512 * 2**20  # a LocalCluster's shared memory for objects (runs coming back, mostly)
+ARCHIVE_PART_BYTES = 64 * 2**20  # a run comes back in parts of this size, one Ray object each
+MAX_EVENT_CHARS = 16_384  # one event from a cluster as JSON: an epoch's, with its confusion matrix, takes about 700
+MAX_POLL_EVENTS = 1_000  # events in one answer: a trainer sends a few a second (batches every 0.5 s)
+MAX_PROGRESS_BYTES = 32 * 2**20  # what a cluster may write to a job's progress file: a 2-hour training about 4 MB
+EVENT_WHOLE = {  # the whole numbers (at least 1) each kind of event a trainer sends must have (deconv.train)
+    "start": ("epochs", "batches"), "status": (), "download": (), "batch": ("epoch", "epochs", "batch", "batches"),
+    "epoch": ("epoch", "epochs"), "end": (),
+}
+EVENT_NUMBERS = ("time", "loss", "accuracy", "val_loss", "val_accuracy", "images_per_second", "elapsed", "eta",
+                 "seconds", "done", "total", "train_size", "val_size", "params", "replicas", "train_seconds")
+EVENT_TEXTS = ("message", "status", "run_dir", "data")
+END_STATUSES = ("finished", "stopped", "nan", "cancelled", "error")  # how an experiment ends (experiment.Summary)
 PACKAGE = Path(deconv.__file__).resolve().parent  # shipped to the nodes with each connection (Ray's py_modules)
 
 
@@ -79,6 +96,51 @@ def _unreachable(address: str) -> str | None:
             return None
     except OSError as e:
         return e.strerror or str(e) or type(e).__name__
+
+
+class Garbled(Exception):
+    """A cluster sent an answer of another shape than a trainer's; the message says which."""
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number (not a bool), or null."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _is_whole(value: Any, low: int) -> bool:
+    """A whole number of at least `low` (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def clean_event(event: Any) -> Event | None:
+    """An event from a cluster as the progress file may hold it, or None: of a kind a trainer sends, with the whole
+    numbers its kind needs, the fields the pages read of their types, at most MAX_EVENT_CHARS as JSON. An end of
+    a status no experiment ends with becomes an error end."""
+    if not isinstance(event, dict) or not isinstance(event.get("event"), str) or event["event"] not in EVENT_WHOLE:
+        return None
+    try:
+        size = len(json.dumps(event))
+    except (TypeError, ValueError, RecursionError):  # not JSON: an object, a circular list, nesting past Python's
+        return None
+    if size > MAX_EVENT_CHARS or not all(_is_whole(event.get(k), 1) for k in EVENT_WHOLE[event["event"]]):
+        return None
+    if not (all(_is_number(event.get(k)) for k in EVENT_NUMBERS)
+            and all(isinstance(event.get(k, ""), (str, type(None))) for k in EVENT_TEXTS)
+            and isinstance(event.get("partial", False), bool)):
+        return None
+    confusion, labels = event.get("val_confusion"), event.get("labels")
+    if confusion is not None and not (isinstance(confusion, list) and len(confusion) == NUM_CLASSES and all(
+            isinstance(row, list) and len(row) == NUM_CLASSES and all(_is_whole(n, 0) for n in row)
+            for row in confusion)):
+        return None
+    if labels is not None and not (isinstance(labels, list) and len(labels) == NUM_CLASSES
+                                   and all(isinstance(name, str) for name in labels)):
+        return None
+    if event["event"] == "end" and event.get("status") not in END_STATUSES:
+        return {"event": "end", "time": time.time(), "status": "error",
+                "message": f"the training on the cluster ended with a status this server does not know "
+                           f"({str(event.get('status'))[:40]!r})"}
+    return event
 
 
 def _reason(e: BaseException) -> str:
@@ -170,6 +232,7 @@ class Trainer:
         self._done = threading.Event()
         self._folder = Path(tempfile.mkdtemp(prefix="deconv-ray-"))
         self._run_dir: Path | None = None
+        self._archive: bytes | None = None
         self._failure = ""
 
     def start(self, experiment: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -189,12 +252,18 @@ class Trainer:
         """Stop after the current batch and save the run as it is."""
         self._stop.set()
 
-    def archive(self) -> bytes | None:
-        """The saved run as the bytes of a zip (None if nothing was saved); this node's copy is then deleted."""
-        try:
-            return export_zip(self._run_dir) if self._run_dir else None
-        finally:
-            shutil.rmtree(self._folder, ignore_errors=True)
+    def archive_size(self) -> int:
+        """Zip the saved run (once; this node's copy is then deleted) and say its bytes (0: nothing was saved)."""
+        if self._archive is None:
+            try:
+                self._archive = export_zip(self._run_dir) if self._run_dir else b""
+            finally:
+                shutil.rmtree(self._folder, ignore_errors=True)
+        return len(self._archive)
+
+    def archive_part(self, start: int, size: int) -> bytes:
+        """`size` bytes of the zipped run from `start` (after archive_size): it comes back in parts."""
+        return (self._archive or b"")[start:start + size]
 
     def _sink(self, event: Event) -> None:
         with self._lock:
@@ -224,6 +293,8 @@ class RemoteTraining:
         self.lost_cluster = ""  # set when the cluster was lost while following it
         self.run_dir: Path | None = None  # where its run was imported
         self.pid, self.node = 0, ""
+        self.dropped = 0  # events the cluster sent that were not what a trainer sends, left out
+        self._written = 0  # bytes of the cluster's events in the progress file
         self._stop, self._wake = threading.Event(), threading.Event()
         self._cancelled, self._killed = False, ""
         self._actor: Any = None
@@ -252,6 +323,9 @@ class RemoteTraining:
     def _follow(self) -> None:
         try:
             self._run()
+        except Garbled as e:
+            self.error = (f"the Ray cluster sent {e}, which no trainer sends; the training was ended and nothing was "
+                          "saved")
         except RayActorError as e:
             detail = re.search(r"exit detail: ([^\n]+)", str(e))
             self.error = self._killed or (
@@ -295,7 +369,9 @@ class RemoteTraining:
                 break
             except GetTimeoutError:
                 continue
-        self.pid, self.node = where["pid"], where["node"]
+        if not (isinstance(where, dict) and _is_whole(where.get("pid"), 1) and isinstance(where.get("node"), str)):
+            raise Garbled("an answer to its start of another shape")
+        self.pid, self.node = where["pid"], where["node"][:100]
         self.placed.set()
         end, asked = None, False
         while True:
@@ -306,13 +382,17 @@ class RemoteTraining:
                 self._actor.stop.remote()
                 asked = True
             news = ray.get(self._actor.poll.remote(), timeout=CALL_SECONDS)
-            end = self._write(news["events"]) or end
+            if not (isinstance(news, dict) and isinstance(news.get("events"), list)
+                    and isinstance(news.get("done"), bool) and isinstance(news.get("failure"), str)):
+                raise Garbled("an answer of another shape")
+            first = self._write(news["events"])
+            end = end or first  # the first end counts; any other is left out
             if news["done"]:
                 break
             self._wake.wait(FOLLOW_SECONDS)
             self._wake.clear()
         if end is None:
-            self.error = news["failure"] or "the trainer on the cluster ended without a result"
+            self.error = news["failure"][:300] or "the trainer on the cluster ended without a result"
             return
         self._append(self._bring_back(end))
 
@@ -321,24 +401,61 @@ class RemoteTraining:
         if not end.get("run_dir"):
             return end
         self._append({"event": "status", "message": "bringing the run back from the cluster"})
-        data = ray.get(self._actor.archive.remote(), timeout=ARCHIVE_SECONDS)
         wanted = self.experiment.out
-        give_back(wanted)  # the empty folder that reserved the name: import_run reserves it again, atomically
         try:
-            self.run_dir = import_run(data or b"", wanted.parent, wanted.name, self.experiment.owner)
+            data = self._fetch_archive()
+            give_back(wanted)  # the empty folder that reserved the name: import_run reserves it again, atomically
+            self.run_dir = import_run(data, wanted.parent, wanted.name, self.experiment.owner)
         except RunError as e:
             return {"event": "end", "status": "error",
-                    "message": f"{end.get('message', 'trained')}, but the run could not be brought back from the "
+                    "message": f"{end.get('message') or 'trained'}, but the run could not be brought back from the "
                                f"cluster: {e}"}
         return {**end, "run_dir": str(self.run_dir)}
 
-    def _write(self, events: list[Event]) -> Event | None:
-        """Append the events to the progress file, all but the end (held until the run is back); the end, if any."""
-        end = next((e for e in events if e.get("event") == "end"), None)
-        lines = "".join(json.dumps(e) + "\n" for e in events if e is not end)
+    def _fetch_archive(self) -> bytes:
+        """The saved run's zip, in parts of ARCHIVE_PART_BYTES; RunError if it is larger than an import may be or
+        comes in parts of other sizes than asked, before more than was asked is taken."""
+        deadline = time.monotonic() + ARCHIVE_SECONDS
+        size = ray.get(self._actor.archive_size.remote(), timeout=ARCHIVE_SECONDS)
+        if not _is_whole(size, 0):
+            raise RunError("the cluster gave no size for it")
+        if size == 0:
+            raise RunError("nothing was saved on the node")
+        if size > MAX_IMPORT_BYTES:
+            raise RunError(f"it takes {size / 2**30:,.1f} GiB, more than an import may "
+                           f"({MAX_IMPORT_BYTES // 2**30} GiB)")
+        parts, got = [], 0
+        while got < size:
+            want = min(ARCHIVE_PART_BYTES, size - got)
+            part = ray.get(self._actor.archive_part.remote(got, want), timeout=max(0.0, deadline - time.monotonic()))
+            if not isinstance(part, bytes) or len(part) != want:
+                raise RunError(f"the cluster sent a part of it of another size than asked ({want:,} bytes)")
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
+
+    def _write(self, events: list[Any]) -> Event | None:
+        """Append the events a trainer sends (`clean_event`) to the progress file, within MAX_POLL_EVENTS and
+        MAX_PROGRESS_BYTES, all but the end (held until the run is back); the first end, if any. The rest is left
+        out and counted in `dropped`, and the first time the file says so."""
+        end, lines, dropped = None, [], max(0, len(events) - MAX_POLL_EVENTS)
+        for event in events[:MAX_POLL_EVENTS]:
+            clean = clean_event(event)
+            line = json.dumps(clean) + "\n" if clean is not None else ""
+            if clean is None or (clean["event"] != "end" and self._written + len(line) > MAX_PROGRESS_BYTES):
+                dropped += 1
+            elif clean["event"] == "end":
+                end = end or clean
+            else:
+                lines.append(line)
+                self._written += len(line)
+        if dropped and not self.dropped:
+            lines.append(json.dumps({"time": time.time(), "event": "status", "message": "the cluster sent events no "
+                                     "trainer sends, or more than a training writes: they were left out"}) + "\n")
+        self.dropped += dropped
         if lines:
             with open(self.progress, "a") as f:
-                f.write(lines)
+                f.write("".join(lines))
         return end
 
     def _append(self, event: Event) -> None:

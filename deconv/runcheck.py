@@ -1,7 +1,8 @@
 """Check a run a visitor uploaded, in a child process with a memory limit: `python -m deconv.runcheck DIR [BYTES]`.
 
 With BYTES, the process limits its own address space to that before it reads anything of the run (the parent
-does not set the limit between fork and exec: a `preexec_fn` is unsafe once the server runs threads).
+does not set the limit between fork and exec: a `preexec_fn` is unsafe once the server runs threads). Started by
+the server, it holds a lifeline (deconv.lifeline) and ends as soon as the server is gone, however it ended.
 
 The network is rebuilt from the run's config.json and only the weights are read from its model.keras; a
 forward pass must give finite probabilities. Then the model.keras is written anew from the rebuilt
@@ -19,6 +20,7 @@ import numpy as np
 
 from deconv import runs
 from deconv.config import IMAGE_SIZE
+from deconv.lifeline import watch_lifeline
 
 
 def check(run_dir: Path) -> None:
@@ -36,6 +38,7 @@ def check(run_dir: Path) -> None:
 
 def main(argv: list[str]) -> int:
     """Check the run folder named by the first argument, within the address space the second allows."""
+    watch_lifeline()  # started by the server (deconv.run_import): end with it, before anything of the run is read
     if len(argv) > 1:
         import resource
 

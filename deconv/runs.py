@@ -38,6 +38,9 @@ from deconv.cost import describe
 RUNS_DIR_ENV = "DECONV_RUNS_DIR"
 QUOTA_ENV = "DECONV_RUNS_QUOTA"  # bytes the runs folder may hold (suffixes K, M, G), stopped runs included
 DEFAULT_QUOTA = 5 * 2**30
+OWNER_QUOTA_ENV = "DECONV_OWNER_QUOTA"  # bytes the runs of one owner (a browser) may hold; see owner_quota_bytes
+DEFAULT_OWNER_SHARES = 4  # unset: an owner may hold a quarter of the runs folder's quota ...
+MOST_OWNER_SHARE = 2  # ... and never more than half of it, whatever DECONV_OWNER_QUOTA says
 FILES = ("model.keras", "config.json", "history.json", "meta.json")
 OPTIONAL_FILES = ("report.json",)
 HISTORY_CSV = "history.csv"  # the epochs as Keras' CSVLogger wrote them
@@ -555,13 +558,29 @@ def may_delete(info: RunInfo, visitor: str) -> bool:
 # ---- the runs folder's size
 
 
-def quota_bytes() -> int:
-    """DECONV_RUNS_QUOTA (bytes, or with a K, M or G suffix), or DEFAULT_QUOTA."""
-    text = os.environ.get(QUOTA_ENV, "").strip().upper()
+def _size_from_env(name: str) -> int | None:
+    """The bytes an environment variable gives (a number, or with a K, M or G suffix); None if unset or no size."""
+    text = os.environ.get(name, "").strip().upper()
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMG]?)I?B?", text)
     if not match:
-        return DEFAULT_QUOTA
+        return None
     return int(float(match.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[match.group(2)])
+
+
+def quota_bytes() -> int:
+    """DECONV_RUNS_QUOTA (bytes, or with a K, M or G suffix), or DEFAULT_QUOTA."""
+    size = _size_from_env(QUOTA_ENV)
+    return DEFAULT_QUOTA if size is None else size
+
+
+def owner_quota_bytes() -> int:
+    """The share of the runs folder one owner's runs may hold: DECONV_OWNER_QUOTA (bytes, or with a K, M or G suffix),
+    or a quarter of DECONV_RUNS_QUOTA; never more than half of it, so that no one visitor can fill the folder.
+
+    The operator's runs (no owner: trained on the command line) count towards the folder's quota only.
+    """
+    size, most = _size_from_env(OWNER_QUOTA_ENV), quota_bytes() // MOST_OWNER_SHARE
+    return min(quota_bytes() // DEFAULT_OWNER_SHARES if size is None else size, most)
 
 
 def folder_bytes(root: str | os.PathLike[str]) -> int:
@@ -576,13 +595,41 @@ def folder_bytes(root: str | os.PathLike[str]) -> int:
     return total
 
 
-def room_problem(root: str | os.PathLike[str], needed: int) -> str | None:
-    """Why the runs folder cannot take `needed` more bytes under its quota, or None."""
+def owner_bytes(root: str | os.PathLike[str], owner: str) -> int:
+    """Bytes of the runs under root whose meta.json names `owner` (runs that cannot be read count for nobody)."""
+    total = 0
+    try:
+        folders = [p for p in Path(root).iterdir() if not p.name.startswith(".") and p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return 0
+    for folder in folders:
+        try:
+            meta = _read_json(folder / "meta.json")
+        except RunError:  # missing (a training's reserved folder), too large or not JSON
+            continue
+        if isinstance(meta, dict) and meta.get("owner") == owner:
+            total += folder_bytes(folder)
+    return total
+
+
+def room_problem(root: str | os.PathLike[str], needed: int, *, owner: str = "") -> str | None:
+    """Why the runs folder cannot take `needed` more bytes, or None: its quota (DECONV_RUNS_QUOTA), and for a visitor
+    (`owner` not empty) their share of it (`owner_quota_bytes`); the message says which limit and what to do."""
     used, quota = folder_bytes(root), quota_bytes()
-    if used + needed <= quota:
+    if used + needed > quota:
+        return (f"the runs folder is full: {used / 2**20:,.0f} MiB used of its {quota / 2**20:,.0f} MiB, and this "
+                f"needs about {needed / 2**20:,.0f} MiB more; delete runs you no longer need on the Runs page")
+    if not owner:
         return None
-    return (f"the runs folder is full: {used / 2**20:,.0f} MiB used of its {quota / 2**20:,.0f} MiB, and this needs "
-            f"about {needed / 2**20:,.0f} MiB more; delete runs you no longer need on the Runs page")
+    share = owner_quota_bytes()
+    if needed > share:
+        return (f"this needs about {needed / 2**20:,.0f} MiB, more than the {share / 2**20:,.0f} MiB share of the runs "
+                "folder each visitor has; choose a smaller network")
+    mine = owner_bytes(root, owner)
+    if mine + needed > share:
+        return (f"your runs hold {mine / 2**20:,.0f} MiB of your {share / 2**20:,.0f} MiB share of the runs folder, "
+                f"and this needs about {needed / 2**20:,.0f} MiB more; delete one on the Runs page")
+    return None
 
 
 def run_bytes(model_config: ModelConfig) -> int:
@@ -610,8 +657,16 @@ def sweep_leftovers(root: str | os.PathLike[str], older_than: float = LEFTOVER_S
 # ---- importing a run from a visitor
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+
+
+def _csv_cell(value: Any) -> Any:
+    """A value for a CSV cell: text that a spreadsheet would run as a formula gets a leading ' (numbers stay)."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def runs_csv(infos: list[RunInfo]) -> str:
-    """A table of runs as CSV text: what each trained, how, on what, and how well."""
+    """A table of runs as CSV text: what each trained, how, on what, and how well (run files' text never a formula)."""
     out = io.StringIO()
     writer = csv.writer(out)
     model_keys = [f.name for f in dataclasses.fields(ModelConfig)]
@@ -620,8 +675,8 @@ def runs_csv(infos: list[RunInfo]) -> str:
                      "params", *model_keys, *train_keys, "data", "saved_at"])
     for r in infos:
         model, train = r.model_config.to_dict(), r.train_config.to_dict()
-        writer.writerow([r.name, r.meta.status, r.val_accuracy, r.best_val_accuracy, r.epochs_completed,
-                         r.meta.train_seconds, r.meta.params,
-                         *("-".join(map(str, v)) if isinstance(v, list) else v for v in model.values()),
-                         *train.values(), r.meta.data.found_by, r.meta.saved_at])
+        writer.writerow(map(_csv_cell, [r.name, r.meta.status, r.val_accuracy, r.best_val_accuracy,
+                                        r.epochs_completed, r.meta.train_seconds, r.meta.params,
+                                        *("-".join(map(str, v)) if isinstance(v, list) else v for v in model.values()),
+                                        *train.values(), r.meta.data.found_by, r.meta.saved_at]))
     return out.getvalue()

@@ -336,3 +336,16 @@ def test_a_job_lives_while_any_tab_of_its_owner_is_open(full_manager: JobManager
     wait_for(lambda: not job.active, timeout=10)
     assert job.state == "cancelled"
     wait_for(lambda: "a" not in full_manager._sessions, timeout=10)  # an owner with no tab and no job is forgotten
+
+
+def test_a_network_whose_answers_cost_more_than_the_pages_allow_is_refused_before_training(
+        full_manager: JobManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("deconv.jobs.available_memory_bytes", lambda: 64 * 2**30)  # it needs about 13 GiB
+    largest = ModelConfig(widths=(256, 256, 256, 256), conv_kernel=7, conv_stride=1, deconv_kernel=7,
+                          upsample="resize", up_blocks=3, head="flatten", pool_size=1)
+    shortest = TrainConfig(train_size=100, val_size=100, epochs=1, batch_size=8)  # within the time limit (1.4 h)
+    full_manager.max_job_seconds = float("inf")
+    with pytest.raises(JobRefused, match=r"This network would take about \d+ s to classify one image by the estimate, "
+                                         r"longer than this server allows") as refused:
+        full_manager.submit("a", largest, shortest, tmp_path / "r1")
+    assert refused.value.reason == "answer" and full_manager.jobs == []

@@ -166,3 +166,168 @@ def test_the_local_pool_never_imports_ray(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"
+
+
+# ---- what a cluster sends back, checked: a node answering from a script (no Ray), as a compromised one could
+
+
+class Call:
+    """An actor method as the app calls it: `.remote(...)` gives the answer itself (the tests pass ray.get through)."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+
+    def remote(self, *args):
+        return self.answer(*args)
+
+
+class ScriptedTrainer:
+    """A Trainer actor whose polls answer from a script (the last answer repeats) and whose run is `archive`."""
+
+    def __init__(self, polls: list, archive: bytes = b"", size: int | None = None) -> None:
+        self.polls, self.archive, self.parts = list(polls), archive, []
+        self.start = Call(lambda experiment, threads: {"pid": 4242, "node": "10.0.0.9"})
+        self.poll = Call(lambda: self.polls.pop(0) if len(self.polls) > 1 else self.polls[0])
+        self.stop = Call(lambda: None)
+        self.archive_size = Call(lambda: len(archive) if size is None else size)
+        self.archive_part = Call(self._part)
+
+    def _part(self, start: int, size: int) -> bytes:
+        self.parts.append((start, size))
+        return self.archive[start:start + size]
+
+
+def answer(*events, done: bool = True) -> dict:
+    return {"events": list(events), "done": done, "failure": ""}
+
+
+START = {"event": "start", "epochs": 1, "batches": 2, "labels": list(runs.STANDARD_LABELS)}
+BATCH = {"event": "batch", "epoch": 1, "epochs": 1, "batch": 1, "batches": 2, "loss": 2.0, "accuracy": 0.1}
+FINISHED = {"event": "end", "status": "finished", "message": "trained 1 epoch"}
+
+
+@pytest.fixture
+def scripted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A JobManager on a one-slot cluster whose trainers follow the scripts the test appends to `trainers`."""
+    from deconv import ray_jobs
+    from deconv.jobs import MemoryCheck
+
+    trainers: list[ScriptedTrainer] = []
+
+    class Cluster:
+        def __init__(self, address: str) -> None:
+            self.address = self.where = address
+            self.cpus_per_job, self.slots, self.lost = 1, 1, ""
+
+        def memory_check(self, model_config, train_config) -> MemoryCheck:
+            return MemoryCheck(1, 2**40, "the scripted node has")
+
+        def submit(self, experiment, progress, memory):
+            return ray_jobs.RemoteTraining(self, experiment, progress, memory)
+
+        def mark_lost(self, reason: str) -> None:
+            self.lost = self.lost or reason
+
+        def close(self) -> None:
+            pass
+
+    class Trainer:
+        @staticmethod
+        def options(**resources):
+            return Trainer
+
+        @staticmethod
+        def remote() -> ScriptedTrainer:
+            return trainers.pop(0)
+
+    monkeypatch.setattr(ray_jobs, "Cluster", Cluster)
+    monkeypatch.setattr(ray_jobs, "Trainer", Trainer)
+    monkeypatch.setattr(ray_jobs.ray, "get", lambda value, timeout=None: value)
+    monkeypatch.setattr(ray_jobs.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray_jobs, "FOLLOW_SECONDS", 0.01)
+    m = JobManager(tmp_path / "runs" / ".jobs", max_jobs=1, warm=False, poll_seconds=0.02,
+                   backend="ray://10.0.0.9:10001")
+    assert m.cluster is not None and m.max_jobs == 1, m.notice
+    m.trainers = trainers
+    yield m
+    m.shutdown()
+
+
+@pytest.mark.parametrize("status", ["pwned", "running", None])
+def test_an_end_of_an_unknown_status_ends_the_job_as_an_error_and_frees_its_slot(scripted: JobManager,
+                                                                                 status) -> None:
+    scripted.trainers += [ScriptedTrainer([answer(START, BATCH, done=False), answer({**FINISHED, "status": status})]),
+                          ScriptedTrainer([answer(START, FINISHED)])]
+    a = submit(scripted, "a", SMALL_TRAIN)
+    wait_for(lambda: not a.active, timeout=30)
+    assert a.state == "error" and "ended with a status this server does not know" in a.message
+    assert scripted.running() == [] and a.latest("batch") is not None
+    b = submit(scripted, "b", SMALL_TRAIN)  # the slot is free
+    wait_for(lambda: not b.active, timeout=30)
+    assert b.state == "finished" and b.message == "trained 1 epoch"
+
+
+MALFORMED = [5, "end", None, [], {"no": "event"}, {"event": "pwn"}, {"event": ["batch"]},
+             {"event": "batch", "epoch": "1"}, {**BATCH, "batches": 0}, {**BATCH, "loss": "a lot"},
+             {**BATCH, "batch": True}, {"event": "status", "message": "x" * 100_000},
+             {"event": "status", "message": ["not", "text"]},
+             {"event": "epoch", "epoch": 1, "epochs": 1, "val_confusion": [[1, 2]]},
+             {**START, "labels": ["cat"]}, {"event": "status", "message": object()}]
+
+
+def test_malformed_events_from_a_cluster_are_left_out_and_its_trainings_go_on(scripted: JobManager) -> None:
+    from deconv import ray_jobs
+
+    scripted.trainers.append(ScriptedTrainer([answer(START, *MALFORMED, done=False), answer(BATCH, FINISHED)]))
+    a = submit(scripted, "a", SMALL_TRAIN)
+    wait_for(lambda: not a.active, timeout=30)
+    assert a.state == "finished" and a.remote.dropped == len(MALFORMED) and a.remote.error == ""
+    events = a.events()
+    assert all(isinstance(e, dict) and e["event"] in ray_jobs.EVENT_WHOLE for e in events)
+    assert [e["event"] for e in events if e["event"] != "status"] == ["start", "batch", "end"]
+    assert a.fraction_done() == 0.5 and "left out" in events[1]["message"]
+    assert scripted._thread.is_alive()  # the manager's watcher reads on
+    assert ray_jobs.clean_event({**BATCH, "eta": None, "extra": [1, {"a": 2}]}) is not None  # as trainers send
+
+
+def test_an_answer_of_another_shape_ends_the_job_as_an_error(scripted: JobManager) -> None:
+    scripted.trainers.append(ScriptedTrainer([answer(START, done=False), {"events": "all of them", "done": True}]))
+    a = submit(scripted, "a", SMALL_TRAIN)
+    wait_for(lambda: not a.active, timeout=30)
+    assert a.state == "error" and "the Ray cluster sent an answer of another shape" in a.message
+    assert scripted.running() == [] and scripted._thread.is_alive()
+
+
+def test_a_run_larger_than_an_import_may_be_is_refused_before_any_of_it_comes_back(scripted: JobManager) -> None:
+    from deconv.run_import import MAX_IMPORT_BYTES
+
+    trainer = ScriptedTrainer([answer(START, {**FINISHED, "run_dir": "/on/the/node"})], size=MAX_IMPORT_BYTES + 1)
+    scripted.trainers.append(trainer)
+    a = submit(scripted, "a", SMALL_TRAIN)
+    wait_for(lambda: not a.active, timeout=30)
+    assert a.state == "error" and "could not be brought back from the cluster: it takes 1.0 GiB, more than an " \
+                                  "import may (1 GiB)" in a.message
+    assert trainer.parts == [] and not a.run_dir.exists()
+
+
+def test_a_run_comes_back_in_parts_of_the_size_asked(scripted: JobManager, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from deconv import ray_jobs
+    from deconv.model import build_model
+
+    saved = runs.save_run(tmp_path / "node" / "run1", build_model(SMALL_MODEL), SMALL_MODEL, SMALL_TRAIN, [],
+                          runs.RunMeta())
+    archive = runs.export_zip(saved)
+    monkeypatch.setattr(ray_jobs, "ARCHIVE_PART_BYTES", 20_000)
+    end = {**FINISHED, "run_dir": "/on/the/node"}
+    good = ScriptedTrainer([answer(START, end)], archive)
+    scripted.trainers.append(good)
+    a = submit(scripted, "a", SMALL_TRAIN)
+    wait_for(lambda: not a.active, timeout=120)
+    assert a.state == "finished", a.message
+    assert len(good.parts) == -(-len(archive) // 20_000) and runs.read_run(a.run_dir).meta.owner == "a"
+    short = ScriptedTrainer([answer(START, end)], archive, size=len(archive) + 1)  # says more than it sends
+    scripted.trainers.append(short)
+    b = submit(scripted, "b", SMALL_TRAIN)
+    wait_for(lambda: not b.active, timeout=30)
+    assert b.state == "error" and "a part of it of another size than asked" in b.message

@@ -223,6 +223,15 @@ def test_the_runs_table_as_csv(tmp_path: Path) -> None:
     assert rows[0]["best_val_accuracy"] == "0.35" and rows[0]["epochs"] == "2" and rows[0]["seed"] == "0"
 
 
+def test_the_runs_csv_writes_a_formula_in_a_run_name_or_its_notes_as_text(tmp_path: Path) -> None:
+    name = '=HYPERLINK("evil.invalid","x")'  # a folder name cannot hold the URL's slashes; the formula is the point
+    meta = runs.RunMeta(status="@SUM(A1)", data=runs.DataInfo(found_by="\t=1+1"))
+    runs.save_run(tmp_path / name, build_model(MODEL_CONFIG), MODEL_CONFIG, TrainConfig(epochs=2), HISTORY, meta)
+    row = next(csv.DictReader(io.StringIO(runs.runs_csv(runs.list_runs(tmp_path)[0]))))
+    assert row["run"] == f"'{name}" and row["status"] == "'@SUM(A1)" and row["data"] == "'\t=1+1"
+    assert row["widths"] == "8" and row["best_val_accuracy"] == "0.35" and row["epochs"] == "2"  # numbers as they are
+
+
 def rewrite_json(run: Path, file: str, **changes) -> None:
     data = json.loads((run / file).read_text())
     data.update(changes)
@@ -541,3 +550,189 @@ def test_the_readmes_command_for_the_reference_model_gives_the_settings_it_was_t
     info = runs.reference_run()
     assert info is not None and args.out == "assets/reference-run"
     assert cli.configs_from_args(args) == (info.model_config, info.train_config)
+
+
+# ---- what an import may take: the owner's share, the network's cost, its logs, its check's life
+
+LARGEST = ModelConfig(widths=(256, 256, 256, 256), conv_kernel=7, conv_stride=1, deconv_kernel=7, upsample="resize",
+                      up_blocks=3, head="flatten", pool_size=1)  # 1.15 TFLOPs per image, twice with mirror_predict
+WIDE_HEAD = ModelConfig(widths=(64,), conv_stride=1, block_deconvs=True, deconv_stride=2, up_blocks=2, head="flatten",
+                        pool_size=1)  # cheap to run, but 160 MiB of weights in its Dense layer
+
+
+def config_zip(model_config: ModelConfig, model_keras: bytes = b"not read") -> bytes:
+    """A zip of a run of that network whose model.keras is never read: what a tiny upload can claim."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("run1/model.keras", model_keras)
+        z.writestr("run1/config.json", json.dumps({"model": model_config.to_dict(), "train": TrainConfig().to_dict()}))
+        z.writestr("run1/history.json", "[]")
+        z.writestr("run1/meta.json", "{}")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def no_check(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Fails the test if an import starts its check child (the refusal must come first); the calls it would have had."""
+    calls: list = []
+
+    def spawn(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("the import check child was started")
+
+    monkeypatch.setattr(run_import, "spawn", spawn)
+    return calls
+
+
+def test_an_owner_at_their_share_is_refused_while_another_can_still_import_and_train(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    run = save(tmp_path / "src" / "run1")
+    root = tmp_path / "runs"
+    monkeypatch.setenv(runs.QUOTA_ENV, "100M")
+    monkeypatch.setenv(runs.OWNER_QUOTA_ENV, "3M")
+    mine = run_import.import_run(zipped(run), root, "mine.zip", owner="a")
+    (mine / "filler").write_bytes(bytes(2 * 2**20))  # a's runs now hold 2 MB of a's 3 MB
+    assert runs.owner_bytes(root, "a") > 2 * 2**20 and runs.owner_bytes(root, "b") == 0
+    with pytest.raises(runs.RunError, match=r"your runs hold 2 MiB of your 3 MiB share of the runs folder, and this "
+                                            r"needs about 1 MiB more; delete one on the Runs page"):
+        run_import.import_run(zipped(run), root, "again.zip", owner="a")
+    assert runs.room_problem(root, runs.run_bytes(MODEL_CONFIG), owner="a").startswith("your runs hold")  # training
+    assert runs.room_problem(root, runs.run_bytes(MODEL_CONFIG), owner="b") is None
+    assert runs.room_problem(root, runs.run_bytes(MODEL_CONFIG)) is None  # the operator: the folder's quota only
+    theirs = run_import.import_run(zipped(run), root, "theirs.zip", owner="b")
+    assert runs.read_run(theirs).meta.owner == "b" and sorted(p.name for p in root.iterdir()) == ["mine", "theirs"]
+
+
+def test_an_owners_share_is_a_quarter_of_the_quota_and_never_more_than_half(monkeypatch) -> None:
+    monkeypatch.setenv(runs.QUOTA_ENV, "8G")
+    assert runs.owner_quota_bytes() == 2 * 2**30
+    monkeypatch.setenv(runs.OWNER_QUOTA_ENV, "100M")
+    assert runs.owner_quota_bytes() == 100 * 2**20
+    monkeypatch.setenv(runs.OWNER_QUOTA_ENV, "8G")  # all of it: one visitor could fill the folder for everyone
+    assert runs.owner_quota_bytes() == 4 * 2**30
+    monkeypatch.setenv(runs.OWNER_QUOTA_ENV, "a lot")
+    assert runs.owner_quota_bytes() == 2 * 2**30
+
+
+def test_a_tiny_zip_is_bounded_by_what_its_check_would_write_before_anything_is_written(tmp_path: Path, monkeypatch,
+                                                                                       no_check: list) -> None:
+    monkeypatch.setattr("deconv.jobs.available_memory_bytes", lambda: 64 * 2**30)  # it needs about 2.3 GiB to train
+    upload = config_zip(WIDE_HEAD)
+    plan = run_import.plan_import(upload, "wide.zip")
+    assert run_import.cost_problem(WIDE_HEAD) is None  # a network this server would train ...
+    assert plan.bytes > 160 * 2**20 > 1000 * len(upload)  # ... whose rewritten model.keras is 1000 times the zip
+    monkeypatch.setenv(runs.OWNER_QUOTA_ENV, "100M")
+    with pytest.raises(runs.RunError, match="this needs about 162 MiB, more than the 100 MiB share of the runs folder "
+                                            "each visitor has"):
+        run_import.import_run(upload, tmp_path / "runs", "wide.zip", owner="a")
+    assert not any((tmp_path / "runs").iterdir()) and no_check == []
+
+
+def test_a_zip_of_the_largest_network_is_refused_before_its_check_starts(tmp_path: Path, monkeypatch,
+                                                                        no_check: list) -> None:
+    monkeypatch.setattr("deconv.jobs.available_memory_bytes", lambda: 64 * 2**30)  # memory is not what refuses it
+    upload = config_zip(LARGEST)
+    assert len(upload) < 2000
+    with pytest.raises(runs.RunError, match=r"its network would take about \d+ s to classify one image by the "
+                                            r"estimate, longer than this server allows .*networks it would train"):
+        run_import.import_run(upload, tmp_path / "runs", "largest.zip", owner="a")
+    assert not any((tmp_path / "runs").iterdir()) and no_check == []
+
+
+def test_a_model_file_larger_than_its_networks_weights_can_be_is_refused_before_anything_is_written(
+        tmp_path: Path, no_check: list) -> None:
+    upload = config_zip(MODEL_CONFIG, bytes(runs.weights_limit(MODEL_CONFIG) + sum(runs.MODEL_MEMBERS.values()) + 1))
+    with pytest.raises(runs.RunError, match="model.keras in the zip takes .* more than the weights of the network its "
+                                            "config.json describes can"):
+        run_import.import_run(upload, tmp_path / "runs", "padded.zip")
+    assert not any((tmp_path / "runs").iterdir()) and no_check == []
+
+
+def event_file(records: int) -> bytes:
+    """A TensorBoard event file of `records` records (the file-version event a writer starts with)."""
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    buf = io.BytesIO()
+    writer = RecordWriter(buf)
+    body = event_pb2.Event(wall_time=1.0, file_version="brain.Event:2").SerializeToString()
+    for _ in range(records):
+        writer.write(body)
+    return buf.getvalue()
+
+
+def test_event_files_past_the_runs_bounds_are_refused_inside_the_one_import_lock(tmp_path: Path, monkeypatch,
+                                                                                 no_check: list) -> None:
+    run = save(tmp_path / "src" / "run1")
+    events = "run1/tensorboard/train/events.out.tfevents.1.host.1.{}.v2"
+    held = []
+    check = run_import._event_file_problem
+
+    def watched(path: Path, budget) -> str | None:
+        held.append(run_import._one_check.locked())
+        return check(path, budget)
+
+    monkeypatch.setattr(run_import, "_event_file_problem", watched)
+    half = run_import.MAX_EVENT_RECORDS // 2 + 1  # each file within the bound, the two together past it
+    with pytest.raises(runs.RunError, match="holds more than 10,000 events or summary values, with the run's other "
+                                            "event files"):
+        run_import.import_run(zipped(run, extra={events.format(n): event_file(half) for n in (1, 2)}),
+                              tmp_path / "runs", "upload.zip")
+    assert held == [True, True] and not any((tmp_path / "runs").iterdir()) and no_check == []
+    big = bytes(run_import.MAX_EVENT_BYTES // 2 + 1)  # by their bytes: refused from the zip's listing, unread
+    with pytest.raises(runs.RunError, match="the TensorBoard event files in the zip take more than 8 MB together"):
+        run_import.import_run(zipped(run, extra={events.format(1): big, events.format(2): big}), tmp_path / "runs",
+                              "upload.zip")
+    assert held == [True, True] and not any((tmp_path / "runs").iterdir())
+
+
+IMPORT_SERVER = """
+import sys
+from pathlib import Path
+from deconv import run_import
+from deconv.config import ModelConfig
+
+spawn = run_import.spawn
+def spawned(*args, **kwargs):
+    proc, lifeline = spawn(*args, **kwargs)
+    print(proc.pid, flush=True)
+    return proc, lifeline
+run_import.spawn = spawned
+run_import.check_in_child(Path(sys.argv[1]), ModelConfig(widths=(8,)))
+"""
+
+
+def test_an_import_check_ends_when_its_server_is_killed(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from tests.test_jobs import gone, wait_for
+
+    run = save(tmp_path / "run1")
+    (run / "config.json").unlink()
+    os.mkfifo(run / "config.json")  # nobody writes it: the check blocks reading its config until it is ended
+    server = subprocess.Popen([sys.executable, "-c", IMPORT_SERVER, str(run)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    child = 0
+    try:
+        child = int(server.stdout.readline())
+        assert not gone(child)
+        server.kill()  # as an out-of-memory killer would: no cleanup of its own
+        server.wait()
+        wait_for(lambda: gone(child), timeout=60)
+    finally:
+        server.kill()
+        server.wait()
+        if child and not gone(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_an_imports_network_is_held_to_what_this_server_would_train(monkeypatch) -> None:
+    monkeypatch.setattr("deconv.jobs.available_memory_bytes", lambda: 64 * 2**30)
+    assert run_import.cost_problem(MODEL_CONFIG) is None and run_import.cost_problem(WIDE_HEAD) is None
+    monkeypatch.setenv("DECONV_MAX_JOB_SECONDS", "20")  # its shortest training: 8 s; the wide head's: 38 s
+    assert run_import.cost_problem(MODEL_CONFIG) is None
+    assert "too slow for this server: even 1 epoch of 100 images would take about" in run_import.cost_problem(WIDE_HEAD)
+    monkeypatch.setattr("deconv.jobs.available_memory_bytes", lambda: 2**30)
+    assert "does not have the memory for its network: even 1 epoch of 100 images would need about" in \
+        run_import.cost_problem(MODEL_CONFIG)

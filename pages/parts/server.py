@@ -116,7 +116,7 @@ def start_training() -> None:
     """Queue a training job for this browser with the session's settings (one job at a time)."""
     model_config = st.session_state[state.MODEL]
     st.session_state.pop(state.SAVE_PROBLEM, None)
-    if problem := runs.room_problem(runs_dir(), runs.run_bytes(model_config)):
+    if problem := runs.room_problem(runs_dir(), runs.run_bytes(model_config), owner=state.owner()):
         st.session_state[state.SAVE_PROBLEM] = f"Not started: {problem}"
         return
     try:
