@@ -1,6 +1,6 @@
 """Hostile visitors at the protocol level: attacks on one shared server, each followed by an honest visitor.
 
-`python bench/hostile_visitors.py [--only NAME,...] [--quick]` (also run by `python bench/hostile.py`)
+`python bench/hostile_visitors.py [--only NAME,...] [--no-honest] [--keep]` (also run by `python bench/hostile.py`)
 
 Measures and prints, never asserts. One `streamlit run app.py` (one training slot, addresses taken from
 X-Forwarded-For so that the bench can be several machines, a 2 GiB runs quota) is attacked by websocket
@@ -109,7 +109,7 @@ class Bench:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
         return zip_folder(out, "seed")
 
-    def measure(self, outcome: Outcome, attack: Callable[[], str]) -> None:
+    def measure(self, outcome: Outcome, attack: Callable[[], str], honest: bool = True) -> None:
         """Run an attack, recording what it cost the server, then the honest visitor's checks."""
         sampler = MemorySampler(self.proc.pid, every=0.2)
         sampler.start()
@@ -124,7 +124,7 @@ class Bench:
         sampler.join()
         outcome.peak_tree_mib = round(sampler.peak_tree / 2**20)
         outcome.disk_mib = round((folder_bytes(self.runs) - disk) / 2**20, 1)
-        outcome.honest = self.honest_visitor()
+        outcome.honest = self.honest_visitor() if honest else {}
         print(f"  {outcome.attack}: {outcome.answer[:160]} | {outcome.cpu_seconds} s CPU, "
               f"{outcome.peak_tree_mib} MiB tree, {outcome.disk_mib:+} MiB | honest: {outcome.honest}",
               file=sys.stderr)
@@ -315,11 +315,70 @@ def markup_labels(bench: Bench) -> str:
         return f"{imported}; texts that render a link or an image: {len(live)}"
 
 
+def largest_network_zip(bench: Bench) -> bytes:
+    """The seed run with the largest network the settings allow (4 blocks of 256, 7x7 kernels, stride 1, a deconv
+    per block, 3 decoder blocks: about 1.15 TFLOPs per image) and zero weights: a small zip of a big model."""
+    import keras
+
+    from deconv.config import ModelConfig
+    from deconv.model import build_model
+
+    config = ModelConfig(widths=(256, 256, 256, 256), conv_kernel=7, conv_stride=1, deconv_kernel=7, deconv_stride=2,
+                         upsample="resize", block_deconvs=True, up_blocks=3)
+    model = build_model(config)
+    model.set_weights([w * 0 for w in model.get_weights()])
+    seed = zipfile.ZipFile(io.BytesIO(bench.seed))
+    with tempfile.TemporaryDirectory() as tmp:
+        seed.extractall(tmp)
+        keras.saving.save_model(model, Path(tmp) / "big.keras")
+        settings = json.loads(seed.read("seed/config.json"))
+        settings["model"] = config.to_dict()
+        return zip_folder(Path(tmp) / "seed", "largest", {"model.keras": (Path(tmp) / "big.keras").read_bytes(),
+                                                          "config.json": json.dumps(settings).encode()})
+
+
+def costly_import(bench: Bench) -> str:
+    """The largest network with zero weights, imported, made the active model, and asked to classify a picture."""
+    blob = largest_network_zip(bench)
+    with bench.visitor("192.0.2.7") as a:
+        a.open("runs")
+        a.upload("Zipped run folder", [("largest.zip", blob)])
+        a.click("Import")
+        imported = first_line(a.text(), ("Imported as", "Not imported"))
+        answer = ""
+        if imported.startswith("Imported"):
+            a.open("runs")
+            if a.has_widget("Make active"):
+                a.click("Make active")
+            a.open("classify")
+            a.upload("Images", [("red.png", red_png())])
+            answer = "; Classify: " + (first_line(a.text(), ("Not computed", "%")) or "no answer")
+        return f"{len(blob) / 1024:,.0f} kB zip: {imported}{answer}"
+
+
+def scan_bombs(bench: Bench) -> str:
+    """20 progressive JPEGs in one upload, each declaring 8000x5000 pixels with 1,000 scans (23 s each to decode)."""
+    from deconv import samples
+
+    data = samples.encode(samples.gradient(64, 48), "JPEG", progressive=True)
+    last = data.rindex(b"\xff\xda")  # the last scan, repeated: a few bytes each, one more pass over the picture
+    bomb = data[:-2] + data[last:-2] * (1000 - data.count(b"\xff\xda")) + data[-2:]
+    frame = bomb.index(b"\xff\xc2")  # the frame header: marker, length, precision, height, width
+    bomb = bomb[:frame + 5] + (5000).to_bytes(2, "big") + (8000).to_bytes(2, "big") + bomb[frame + 9:]
+    with bench.visitor("192.0.2.8") as a:
+        a.open("classify")
+        a.upload("Images", [(f"bomb{i}.jpg", bomb) for i in range(20)])
+        refused = sum("scans" in t for t in a.texts())
+        return f"20 files of {len(bomb) / 1024:,.0f} kB: {refused} refused for their scans"
+
+
 ATTACKS: dict[str, tuple[str, Callable[[Bench], str]]] = {
     "copied identity": ("every value a victim was shown or downloaded, as the cookie and in links", copied_identity),
     "cache clears": ("clear_cache x20 while a victim trains", cache_clears),
     "queue flood": ("21 sessions from one address press Train", queue_flood),
     "quota fill": ("the same run imported until refused", quota_fill),
+    "costly import": ("the largest network the settings allow, zero weights, imported and used", costly_import),
+    "scan bombs": ("20 progressive JPEGs of 1,000 scans in one upload", scan_bombs),
     "markup labels": ("a report whose label names are a link and an <img>", markup_labels),
 }
 
@@ -328,6 +387,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help=f"comma-separated attacks (default all): {', '.join(ATTACKS)}")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (runs, server log)")
+    parser.add_argument("--no-honest", action="store_true", help="skip the honest visitor after each attack")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON results go")
     args = parser.parse_args()
     chosen = [a.strip() for a in args.only.split(",") if a.strip()] or list(ATTACKS)
     unknown = [a for a in chosen if a not in ATTACKS]
@@ -342,17 +403,18 @@ def main() -> None:
         for name in chosen:
             what, attack = ATTACKS[name]
             outcome = Outcome(name, what)
-            bench.measure(outcome, lambda: attack(bench))
+            bench.measure(outcome, lambda: attack(bench), honest=not args.no_honest)
             outcomes.append(outcome)
     finally:
         bench.close()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-    results = {"command": "python bench/hostile_visitors.py" + (f" --only {args.only}" if args.only else ""),
+    results = {"command": "python bench/hostile_visitors.py" + (f" --only '{args.only}'" if args.only else "")
+               + (" --no-honest" if args.no_honest else ""),
                "settings": SETTINGS, "cpus": os.cpu_count(), "attacks": [asdict(o) for o in outcomes]}
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
     print(report(outcomes))
-    print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
+    print(f"\nwritten to {args.results}")
 
 
 def report(outcomes: list[Outcome]) -> str:
