@@ -1,15 +1,17 @@
 """Visitors' pictures: a PNG, JPEG, GIF, BMP or WebP file turned into the 32x32 RGB input the model saw.
 
 Every file may come from a hostile stranger (the app is one server shared by a class or the public): only five
-formats are parsed, a picture is shrunk before anything else is done with it, a JPEG's scans are counted before it
-is decoded, one upload stops reading files after about a second of CPU time, and a session keeps a preview and
-the 32x32 view of each, never the file or the decoded picture."""
+formats are parsed, the pieces of a JPEG's, PNG's or GIF's headers are counted before Pillow reads them one by one,
+a picture is shrunk before anything else is done with it, a JPEG's scans are counted before it is decoded, one
+upload stops reading files after about a second of CPU time, and a session keeps a preview and the 32x32 view of
+each, never the file or the decoded picture."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import re
 import struct
 import time
 import warnings
@@ -41,6 +43,35 @@ MAX_FILES_PER_UPLOAD = 20  # files of one upload that are read; more could not a
 # so 16 scans of the largest picture take about a second, as long as the largest PNG (0.7 s, MAX_PIXELS of RGBA).
 MAX_SCANS = 100
 MAX_SCAN_PIXELS = 16 * MAX_PIXELS  # scans x pixels: 16 scans at the pixel limit, 100 up to 6.4 million pixels
+# Pillow reads a file's headers in Python, a few bytes at a time, before it knows the picture's size: a 10 MB file
+# made of tiny pieces keeps that loop busy for seconds. So the pieces it would loop over are counted first, with
+# C-level searches where the pieces are bytes, stopping at the first bound; each bound below holds Pillow's loop
+# to tens of ms, far above what an ordinary file has. Measured with Pillow 13 (CPU time, median of 3):
+# JPEG, up to the first scan: Pillow reads padding (FF fill bytes, stray bytes) one byte at a time, 0.06 to 0.4 us
+# a byte: 4.2 s for 10 MB of fill after the start marker (3.5 s, then a wrong "JPEG format" error, with nothing after
+# it). An ordinary JPEG has none or a few bytes; 64 kB cost 26 ms.
+MAX_JPEG_PADDING = 65_536
+# ... and each segment (a table, APPn metadata, a comment) takes 0.7 to 1.2 us: 3.0 s for 2.6 million empty APP1s.
+# An ordinary JPEG has about 10, a photo with an ICC profile and XMP in 64 kB pieces some tens (10 MB holds 160).
+MAX_JPEG_SEGMENTS = 1_000
+# ... and parses frame (SOFn) and quantization table (DQT) segments an item at a time, whatever their number: 0.86 s
+# and 295 MB for 10 MB of 64 kB frame segments (a 3-byte component each), 0.52 s for DQTs of 1,008 tables each. An
+# ordinary JPEG has a few hundred bytes of them; 64 kB cost 5 ms.
+MAX_JPEG_TABLE_BYTES = 65_536
+# PNG: Pillow reads every chunk (length, type, data, checksum) in Python at 2 to 2.6 us: 2.3 s for 870,000 empty
+# private chunks, 1.8 s for as many empty IDATs. A 10 MB PNG in libpng's 8 kB IDAT chunks has 1,300; the bound costs
+# 50 ms.
+MAX_PNG_CHUNKS = 20_000
+# ... and inflates every iCCP, zTXt and iTXt chunk up to 1 MB, uncounted by its own text limit when the text has no
+# keyword or is not UTF-8: 22 s for 10 MB of 1 kB chunks inflating to 1 MB each (2.3 to 3.2 ms a chunk). An
+# ordinary PNG has a colour profile and a few texts; the bound costs 50 ms, so that with MAX_PNG_CHUNKS and the largest
+# picture (0.7 s) a PNG stays under a second.
+MAX_PNG_PACKED_CHUNKS = 16
+# GIF, up to the first picture: Pillow reads extensions a sub-block at a time (0.12 to 0.19 us) and skips stray bytes
+# one at a time (0.08 us): 1.1 s for a 10 MB comment of 1-byte sub-blocks, 0.8 s for 10 MB of stray bytes. An
+# ordinary GIF has a few pieces there (loop count, frame timing, a comment); 10,000 full ones are 2.5 MB, and 10,000
+# pieces of any kind cost Pillow 3 ms (10 ms for empty extensions, each a piece).
+MAX_GIF_PIECES = 10_000
 # CPU time (the upload's thread's, not the server's) after which one upload reads no more files. The file being
 # read then adds at most one file's worst case, about a second (see MAX_SCAN_PIXELS), so an upload costs at most
 # about 2 s however many files it holds. Measured: a 12-megapixel phone photo takes 0.05 s (baseline JPEG) to
@@ -130,6 +161,110 @@ def _check_scans(content: bytes | bytearray, width: int, height: int) -> None:
                          "(baseline) JPEG or as a PNG")
 
 
+_NOT_FF = re.compile(rb"[^\xff]")  # the end of a run of JPEG fill bytes
+_GIF_BLOCK = re.compile(rb"[!,;]")  # the start of a GIF extension, picture or trailer: Pillow skips any other byte
+
+
+def _check_jpeg_headers(content: bytes | bytearray) -> None:
+    """ImageError if a JPEG, up to its first scan (where Pillow's reading stops), has more than MAX_JPEG_PADDING
+    bytes of padding, MAX_JPEG_SEGMENTS segments or MAX_JPEG_TABLE_BYTES of tables; markers are walked as Pillow
+    walks them, segments skipped."""
+    padding = segments = tables = 0
+    pos, end = 2, len(content)  # after the start-of-image marker
+    while (pos < end and padding <= MAX_JPEG_PADDING and segments <= MAX_JPEG_SEGMENTS
+           and tables <= MAX_JPEG_TABLE_BYTES):
+        window = min(end, pos + MAX_JPEG_PADDING - padding + 2)  # far enough to pass the bound, and no further
+        if content[pos] != 0xFF:  # stray bytes, up to the next FF
+            ff = content.find(b"\xff", pos, window)
+            stop = window if ff < 0 else ff
+            padding, pos = padding + stop - pos, stop
+            continue
+        after = _NOT_FF.search(content, pos, window)  # the last FF of a run starts a marker; the others are fill
+        if after is None:
+            padding, pos = padding + window - pos, window
+            continue
+        code, marker = after.start(), 0xFF00 | content[after.start()]
+        padding += code - 1 - pos
+        if marker == 0xFF00:  # an FF 00 pair, which Pillow skips too
+            padding, pos = padding + 2, code + 1
+        elif marker == 0xFFDA or marker not in JpegImagePlugin.MARKER:
+            break  # the first scan; or no marker, which Pillow refuses itself
+        elif JpegImagePlugin.MARKER[marker][2] is None:  # a marker without a length: SOI, EOI, RSTn
+            segments, pos = segments + 1, code + 1
+        else:  # a segment: a 2-byte length that counts itself, then the data
+            length = int.from_bytes(content[code + 1:code + 3], "big")
+            segments, pos = segments + 1, code + 1 + length
+            if JpegImagePlugin.MARKER[marker][2] in (JpegImagePlugin.SOF, JpegImagePlugin.DQT):
+                tables += length
+    if padding > MAX_JPEG_PADDING:
+        raise ImageError(f"it is a JPEG with more than {MAX_JPEG_PADDING:,} bytes of padding (fill or stray bytes "
+                         "between its headers), which no ordinary JPEG has; save it again as an ordinary JPEG or as "
+                         "a PNG")
+    if segments > MAX_JPEG_SEGMENTS:
+        raise ImageError(f"it is a JPEG with more than {MAX_JPEG_SEGMENTS:,} header segments (tables, metadata or "
+                         "comments) before its picture data, which no ordinary JPEG has; save it again as an ordinary "
+                         "JPEG or as a PNG")
+    if tables > MAX_JPEG_TABLE_BYTES:
+        raise ImageError(f"it is a JPEG with more than {MAX_JPEG_TABLE_BYTES:,} bytes of frame and quantization "
+                         "tables (an ordinary JPEG has a few hundred); save it again as an ordinary JPEG or as a PNG")
+
+
+def _check_png_chunks(content: bytes | bytearray) -> None:
+    """ImageError if a PNG has more than MAX_PNG_CHUNKS chunks, or more than MAX_PNG_PACKED_CHUNKS compressed
+    metadata chunks; only each chunk's 8-byte header (length and type) is read."""
+    chunks = packed = 0
+    pos, end = 8, len(content)  # after the signature
+    while pos + 8 <= end and chunks <= MAX_PNG_CHUNKS and packed <= MAX_PNG_PACKED_CHUNKS:
+        length, kind = struct.unpack_from(">I4s", content, pos)
+        chunks, packed = chunks + 1, packed + (kind in (b"iCCP", b"zTXt", b"iTXt"))
+        if kind == b"IEND":
+            break
+        pos += 12 + length  # length, type, data, checksum
+    if chunks > MAX_PNG_CHUNKS:
+        raise ImageError(f"it is a PNG of more than {MAX_PNG_CHUNKS:,} chunks (pieces of picture data or metadata), "
+                         "which no ordinary PNG has; save it again as an ordinary PNG")
+    if packed > MAX_PNG_PACKED_CHUNKS:
+        raise ImageError(f"it is a PNG with more than {MAX_PNG_PACKED_CHUNKS} compressed metadata chunks (colour "
+                         "profiles or texts), which no ordinary PNG has; save it again as an ordinary PNG, without "
+                         "its metadata")
+
+
+def _check_gif_blocks(content: bytes | bytearray) -> None:
+    """ImageError if the extensions and stray bytes before a GIF's first picture come in more than MAX_GIF_PIECES
+    pieces (extensions, their sub-blocks, single stray bytes), which Pillow reads one at a time."""
+    flags = content[10] if len(content) > 10 else 0
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # after the screen descriptor and global palette
+    pieces, end = 0, len(content)
+    while pos < end and pieces <= MAX_GIF_PIECES:
+        if content[pos] in b",;":  # the first picture, or the end of the file
+            break
+        if content[pos] == 0x21:  # "!", a label, then sub-blocks (a length byte, up to 255 bytes) until a 0 length
+            pieces, pos = pieces + 1, pos + 2
+            while pos < end and content[pos] and pieces <= MAX_GIF_PIECES:
+                pieces, pos = pieces + 1, pos + 1 + content[pos]
+            pos += 1
+        else:  # stray bytes, up to the next extension, picture or trailer, or just past the bound
+            window = min(end, pos + MAX_GIF_PIECES - pieces + 1)
+            block = _GIF_BLOCK.search(content, pos, window)
+            stop = window if block is None else block.start()
+            pieces, pos = pieces + stop - pos, stop
+    if pieces > MAX_GIF_PIECES:
+        raise ImageError(f"it is a GIF whose metadata before its first picture comes in more than "
+                         f"{MAX_GIF_PIECES:,} pieces (blocks or stray bytes), which no ordinary GIF has; save "
+                         "it again as an ordinary GIF or as a PNG")
+
+
+def _check_headers(content: bytes | bytearray) -> None:
+    """ImageError if the headers Pillow reads in Python would cost it more than tens of ms (see MAX_JPEG_PADDING);
+    the format is told from the signature Pillow itself checks."""
+    if content[:3] == b"\xff\xd8\xff":
+        _check_jpeg_headers(content)
+    elif content[:8] == b"\x89PNG\r\n\x1a\n":
+        _check_png_chunks(content)
+    elif content[:6] in (b"GIF87a", b"GIF89a"):
+        _check_gif_blocks(content)
+
+
 def open_image(source: bytes | str | os.PathLike[str]) -> Image.Image:
     """The upright, RGB, first-frame picture, shrunk to no more than `reduction` needs, or ImageError."""
     if isinstance(source, (bytes, bytearray)):
@@ -145,6 +280,7 @@ def open_image(source: bytes | str | os.PathLike[str]) -> Image.Image:
         raise ImageError("the file is empty")
     if size > MAX_BYTES:
         raise ImageError(f"the file is {size / 2**20:.1f} MB, more than the {MAX_BYTES // 2**20} MB limit")
+    _check_headers(content)
     head = bytes(content[:16])  # where Pillow looks for a format's signature
     taken = ", ".join(FORMATS.values())
     try:
@@ -168,6 +304,9 @@ def open_image(source: bytes | str | os.PathLike[str]) -> Image.Image:
                 return ImageOps.exif_transpose(small)  # new images: the file can be closed
     except UnidentifiedImageError:
         other = _other_format(head)
+        if other in FORMATS:  # its signature is one of ours, but Pillow found no picture after it
+            raise ImageError(f"the image data is damaged or truncated (no {FORMATS[other]} picture found after its "
+                             "signature)") from None
         if other is not None:
             raise ImageError(f"it is in {other} format, not one of the formats taken here: {taken}") from None
         raise ImageError(f"it is not an image in a format taken here ({taken})") from None

@@ -1,20 +1,25 @@
 """Any image becomes the 32x32 RGB view the model saw; bad files and other formats get a clear ImageError; a huge
-picture costs little memory and a JPEG of many scans is refused before decoding; an upload is read up to twenty
+picture costs little memory, a JPEG of many scans is refused before decoding, and a file whose headers come in
+countless tiny pieces (which Pillow would read one by one) before Pillow opens it; an upload is read up to twenty
 files and up to its CPU time, and the same bytes are not decoded twice."""
 
 from __future__ import annotations
 
 import gc
+import io
 import json
+import struct
 import subprocess
 import sys
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image, JpegImagePlugin
+from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from deconv import images, samples
 
@@ -142,6 +147,171 @@ def test_ordinary_jpegs_and_one_at_the_scan_limit_still_decode() -> None:
         assert images.prepare(jpeg).shape == (32, 32, 3)
     full = np.asarray(images.model_view(picture), int)
     assert np.abs(images.prepare(progressive).astype(int) - full).max() <= 4  # JPEG's loss only
+
+
+class Opened(Exception):
+    """Raised instead of opening a file with Pillow, to show that a check came before Pillow read any header."""
+
+
+def never_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on Pillow raises Opened where it would start reading a file."""
+    def refuse(*args: object, **kwargs: object) -> Image.Image:
+        raise Opened("Pillow was asked to open it")
+
+    monkeypatch.setattr(Image, "open", refuse)
+
+
+def jpeg_with(inserted: bytes, rest: bool = True) -> bytes:
+    """A small JPEG with `inserted` right after its start-of-image marker; without the rest of it unless `rest`."""
+    jpeg = samples.encode(samples.gradient(), "JPEG")
+    return jpeg[:2] + inserted + (jpeg[2:] if rest else b"")
+
+
+def segment(marker: int, data: bytes = b"") -> bytes:
+    """One JPEG segment: its marker, a length that counts itself, the data."""
+    return struct.pack(">HH", marker, len(data) + 2) + data
+
+
+def chunk(kind: bytes, data: bytes = b"") -> bytes:
+    """One PNG chunk: length, type, data, checksum."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_with(chunks: bytes) -> bytes:
+    """A small PNG with `chunks` right after its header chunk (IHDR)."""
+    png = samples.encode(samples.gradient(), "PNG")
+    return png[:33] + chunks + png[33:]  # the 8-byte signature and the 25-byte IHDR chunk
+
+
+def gif_with(inserted: bytes) -> bytes:
+    """A small GIF with `inserted` (extensions, or stray bytes) before its first picture."""
+    gif = samples.encode(samples.gradient().convert("P"), "GIF")
+    start = 13 + 3 * (2 << (gif[10] & 7))  # after the screen descriptor and its global palette
+    assert gif[start:start + 1] == b","  # the first picture
+    return gif[:start] + inserted + gif[start:]
+
+
+def comment(sub_block: bytes, count: int) -> bytes:
+    """A GIF comment extension made of `count` copies of one sub-block."""
+    return b"!\xfe" + (bytes([len(sub_block)]) + sub_block) * count + b"\x00"
+
+
+def test_a_jpeg_padded_with_megabytes_of_fill_bytes_is_refused_before_pillow_reads_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 10 MB of fill: Pillow read it a byte at a time, 4.2 s (3.5 s, then a wrong error, with nothing after it)
+    fill = b"\xff" * (images.MAX_BYTES - 10_000)
+    never_open(monkeypatch)
+    for bomb in (jpeg_with(fill), jpeg_with(fill, rest=False), jpeg_with(b"\xff\x00" * (len(fill) // 2))):
+        with pytest.raises(images.ImageError) as err:
+            images.prepare(bomb)
+        assert str(err.value) == ("it is a JPEG with more than 65,536 bytes of padding (fill or stray bytes between "
+                                  "its headers), which no ordinary JPEG has; save it again as an ordinary JPEG or as "
+                                  "a PNG")
+    assert images.MAX_JPEG_PADDING == 65_536
+
+
+def test_a_jpeg_of_countless_segments_or_huge_tables_is_refused_before_pillow_reads_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    never_open(monkeypatch)
+    with pytest.raises(images.ImageError) as err:
+        images.prepare(jpeg_with(segment(0xFFE1) * 2_600_000))  # 2.6 million empty APP1s: 3.0 s in Pillow
+    assert str(err.value) == ("it is a JPEG with more than 1,000 header segments (tables, metadata or comments) "
+                              "before its picture data, which no ordinary JPEG has; save it again as an ordinary "
+                              "JPEG or as a PNG")
+    frames = segment(0xFFC0, b"\x08\x00\x30\x00\x40\x03" + b"\x01\x11\x00" * 21_800)  # 21,800 components
+    with pytest.raises(images.ImageError, match="more than 65,536 bytes of frame and quantization tables"):
+        images.prepare(jpeg_with(frames * 2))
+    tables = segment(0xFFDB, (b"\x00" + bytes(range(1, 65))) * 1_008)  # 1,008 quantization tables
+    with pytest.raises(images.ImageError, match="more than 65,536 bytes of frame and quantization tables"):
+        images.prepare(jpeg_with(tables * 2))
+
+
+def test_a_png_of_countless_chunks_is_refused_before_pillow_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    never_open(monkeypatch)
+    for where in ("before", "after"):  # the picture data: Pillow reads every chunk, 2.3 s for these
+        png = samples.encode(samples.gradient(), "PNG")
+        empty = chunk(b"prIv") * 870_000
+        bomb = png_with(empty) if where == "before" else png[:-12] + empty + png[-12:]  # IEND is 12 bytes
+        with pytest.raises(images.ImageError) as err:
+            images.prepare(bomb)
+        assert str(err.value) == ("it is a PNG of more than 20,000 chunks (pieces of picture data or metadata), "
+                                  "which no ordinary PNG has; save it again as an ordinary PNG")
+
+
+def test_a_png_of_many_compressed_metadata_chunks_is_refused_before_pillow_inflates_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    inflating = zlib.compress(b"\xff" * (2**20 - 1), 9)  # 1 kB to 1 MB: 10 MB of these took Pillow 22 s
+    never_open(monkeypatch)
+    for packed in (chunk(b"iCCP", b"icc\x00\x00" + inflating), chunk(b"zTXt", b"\x00\x00" + inflating)):
+        with pytest.raises(images.ImageError) as err:
+            images.prepare(png_with(packed * (images.MAX_PNG_PACKED_CHUNKS + 1)))
+        assert str(err.value) == ("it is a PNG with more than 16 compressed metadata chunks (colour profiles or "
+                                  "texts), which no ordinary PNG has; save it again as an ordinary PNG, without its "
+                                  "metadata")
+
+
+def test_a_gif_of_countless_tiny_blocks_or_stray_bytes_is_refused_before_pillow_reads_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    never_open(monkeypatch)
+    message = ("it is a GIF whose metadata before its first picture comes in more than 10,000 pieces (blocks or "
+               "stray bytes), which no ordinary GIF has; save it again as an ordinary GIF or as a PNG")
+    for inserted in (comment(b"x", 5_000_000),  # a 10 MB comment of 1-byte sub-blocks: 1.1 s in Pillow
+                     b"\x00" * (images.MAX_BYTES - 10_000),  # stray bytes, which Pillow skips one at a time
+                     b"!\xfe\x00" * 3_000_000):  # empty comments
+        with pytest.raises(images.ImageError) as err:
+            images.prepare(gif_with(inserted))
+        assert str(err.value) == message
+
+
+def test_a_file_at_each_header_bound_opens_and_one_piece_more_is_refused() -> None:
+    note = chunk(b"zTXt", b"note\x00\x00" + zlib.compress(b"a few words"))
+    made: list[tuple[Callable[[int], bytes], int, str]] = [
+        (lambda n: jpeg_with(b"\xff" * n), images.MAX_JPEG_PADDING, "bytes of padding"),
+        # the JPEG's own 8 segments before its scan: APP0, 2 DQT, SOF0, 4 DHT
+        (lambda n: jpeg_with(segment(0xFFFE) * (n - 8)), images.MAX_JPEG_SEGMENTS, "header segments"),
+        (lambda n: png_with(chunk(b"prIv") * (n - 3)), images.MAX_PNG_CHUNKS, "chunks"),  # IHDR, IDAT, IEND
+        (lambda n: png_with(note * n), images.MAX_PNG_PACKED_CHUNKS, "compressed metadata chunks"),
+        (lambda n: gif_with(comment(b"x", n - 1)), images.MAX_GIF_PIECES, "pieces"),  # the extension is one
+    ]
+    for make, bound, words in made:
+        assert images.prepare(make(bound)).shape == (32, 32, 3)
+        with pytest.raises(images.ImageError, match=words):
+            images.prepare(make(bound + 1))
+
+
+def test_ordinary_metadata_and_long_animations_pass_the_header_checks() -> None:
+    profile = bytes(300_000)  # a large colour profile: five APP2 segments in a JPEG
+    frames = [Image.new("RGB", (40, 30), (i % 256, 100, 200 - i % 200)) for i in range(300)]
+    gif = samples.encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=40, loop=0,
+                         comment=b"made by hand")
+    info = PngImagePlugin.PngInfo()
+    for key in ("Title", "Author", "Software", "Comment"):
+        info.add_text(key, f"a screenshot's {key.lower()}", zip=key == "Comment")
+    info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta/>" * 400, zip=True)
+    ordinary = [
+        samples.encode(samples.gradient(640, 480), "JPEG", icc_profile=profile, exif=Image.Exif(), progressive=True),
+        samples.encode(samples.gradient(640, 480), "PNG", pnginfo=info, icc_profile=profile),
+        samples.encode(samples.gradient(640, 480), "PNG", optimize=False, compress_level=0),  # many IDAT chunks
+        gif, samples.multi_picture_jpeg(), samples.exif_rotated_jpeg(), *samples.good().values(),
+    ]
+    assert Image.open(io.BytesIO(gif)).n_frames == 300  # only the first is read
+    for content in ordinary:
+        assert images.prepare(content).shape == (32, 32, 3)
+
+
+def test_a_signature_with_no_picture_after_it_is_called_damaged_not_another_format() -> None:
+    for content in (b"\xff\xd8\xff" + b"\xff" * 100, b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, b"GIF89a" + bytes(100)):
+        with pytest.raises(images.ImageError, match=r"damaged or truncated \(no (JPEG|PNG|GIF) picture found"):
+            images.prepare(content)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a"]), st.binary(max_size=2048))
+def test_random_bytes_after_a_signature_raise_only_image_error(signature: bytes, blob: bytes) -> None:
+    try:
+        assert images.prepare(signature + blob).shape == (32, 32, 3)
+    except images.ImageError:
+        pass
 
 
 def test_a_large_picture_is_shrunk_to_what_the_preview_and_the_view_need() -> None:
