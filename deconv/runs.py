@@ -258,7 +258,7 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get(RUNS_DIR_ENV) or Path(__file__).resolve().parent.parent / "runs")
 
 
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "assets" / "reference-run"  # see the README to retrain it
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "assets" / "reference-run"  # see docs/command-line.md to retrain it
 
 
 def reference_run() -> RunInfo | None:

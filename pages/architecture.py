@@ -55,7 +55,7 @@ def checkerboard_scores(config: ModelConfig) -> None:
                   for layer in scores[config.upsample]], hide_index=True, width="stretch")
     st.caption(f"Median over {CHECKERBOARD_IMAGES} CIFAR-10 test images, of this network at its initial weights, "
                "with each upsampling: what the layer does before training shapes it. Classify → Look inside shows "
-               "a trained model's score. README: how the two compare once trained.")
+               "a trained model's score. docs/network.md: how the two compare once trained.")
 
 
 st.title("Architecture")

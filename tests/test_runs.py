@@ -537,14 +537,14 @@ def test_the_import_check_limits_its_own_memory_before_it_reads_the_run(tmp_path
 
 
 def test_the_readmes_command_for_the_reference_model_gives_the_settings_it_was_trained_with() -> None:
-    """The README's reproduce command, parsed by the CLI, asks for exactly the configs the shipped run records
-    (a changed default would otherwise train another network or another way without anyone noticing)."""
+    """The README's reproduce command, parsed by the CLI, asks for exactly the configs the shipped run records (a
+    changed default would otherwise train another network or another way without anyone noticing)."""
     import shlex
 
     from deconv import cli
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    command = readme.split("```bash\nrm -rf assets/reference-run && ", 1)[1].split("```", 1)[0]
+    doc = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    command = doc.split("```bash\nrm -rf assets/reference-run && ", 1)[1].split("```", 1)[0]
     words = shlex.split(command.replace("\\\n", " "))
     args = cli.build_parser().parse_args(words[words.index("train"):])
     info = runs.reference_run()

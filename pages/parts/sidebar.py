@@ -17,7 +17,7 @@ def sidebar() -> None:
             acc = run.val_accuracy
             st.markdown("**Reference model** (shipped with the app)  \n"
                         + (f"{acc:.1%} right on unseen CIFAR-10 test images" if acc is not None else ""),
-                        help="Trained by the command in the README; it is the active model until you train one "
+                        help="Trained by the command in the README (Reference model); it is the active model until you train one "
                              "or pick a saved run.")
         elif run:
             acc = run.val_accuracy
