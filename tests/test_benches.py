@@ -20,5 +20,6 @@ def test_the_hostile_visitors_bench_runs_an_attack_and_reports_what_the_server_s
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| markup labels | Imported as" in done.stdout and "texts that render a link or an image: 0" in done.stdout
     (attack,) = json.loads(out.read_text())["attacks"]
-    assert set(attack) == {"attack", "what", "answer", "cpu_seconds", "peak_tree_mib", "disk_mib", "seconds", "honest"}
+    assert set(attack) == {"attack", "what", "answer", "cpu_seconds", "children_cpu_seconds", "peak_tree_mib", "disk_mib",
+                           "seconds", "honest"}
     assert attack["cpu_seconds"] > 0 and attack["peak_tree_mib"] > 0
