@@ -132,6 +132,7 @@ def test_training_shows_progress_and_curves_then_a_confusion_matrix_and_a_saved_
 MARKERS = "[...document.querySelectorAll('.js-plotly-plot')].find(g => g.data?.[1]?.mode === 'markers')"
 CELL_CENTRE = """([row, col]) => {
   const gd = """ + MARKERS + """;
+  if (!gd || !gd._fullLayout?.xaxis?.l2p) return null;  // not drawn (again) yet: the caller waits
   gd.scrollIntoView({block: "center"});
   const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
   return [box.left + xa._offset + xa.l2p(col), box.top + ya._offset + ya.l2p(row), gd.data[1].customdata[row * 10 + col][0]];
@@ -150,8 +151,7 @@ def test_a_click_on_a_confusion_matrix_cell_shows_that_cells_validation_images(p
     said = page.get_by_text(re.compile(rf"^true {true}, predicted {predicted}.*validation image"))  # not the hover box
     for attempt in range(3):  # a click that lands while the finished page is still being redrawn is lost: again
         page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")  # page idle
-        page.wait_for_function(f"() => {MARKERS}")  # drawn again after the last rerun
-        x, y, count = page.evaluate(CELL_CENTRE, [row, col])
+        x, y, count = page.wait_for_function(CELL_CENTRE, arg=[row, col]).json_value()  # drawn after the last rerun
         page.mouse.click(x, y)
         try:
             said.wait_for(timeout=10_000)
