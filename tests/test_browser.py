@@ -142,8 +142,7 @@ CELL_CENTRE = """([row, col]) => {
 def test_a_click_on_a_confusion_matrix_cell_shows_that_cells_validation_images(page, server) -> None:
     start_training(page, server, "Home", "ArrowRight")  # 2 epochs, shown to this session when done
     page.get_by_text("Click a cell to see its images.").wait_for(timeout=300_000)
-    cells = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
-                          ".find(g => g.data?.[1]?.mode === 'markers').data[1].customdata")  # [count, share] per cell
+    cells = page.wait_for_function(f"() => {MARKERS}?.data[1].customdata").json_value()  # [count, share] per cell
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     row, col = divmod(max(range(100), key=lambda i: cells[i][0]), 10)
