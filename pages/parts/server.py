@@ -99,6 +99,7 @@ def close_server_objects() -> None:
         _manager = None
     _models.clear()
     TRAINING_IMAGES.clear()
+    COMPUTED.close()  # its worker ends after its task; a later heavy task starts another
     COMPUTED.clear()
 
 
