@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 NUM_CLASSES = 10
+CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")  # the dataset's own order
 IMAGE_SIZE = 32
 MAX_FEATURE_SIZE = 256  # the article's largest feature map (32 upsampled three times)
 # Keras' default 0.99 lags behind for the few hundred steps of a short run, making validation noisy.

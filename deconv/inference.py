@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deconv.config import IMAGE_SIZE, NUM_CLASSES
+from deconv.config import CIFAR10_LABELS, IMAGE_SIZE, NUM_CLASSES
 
 if TYPE_CHECKING:
     import keras
@@ -63,7 +63,6 @@ def label_names_of(meta: Any) -> list[str]:
     return names if len(names) == NUM_CLASSES else list(CIFAR10_LABELS)
 
 
-CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def classify(model: Any, x: np.ndarray, label_names: list[str], k: int = 5, batch_size: int = 256) -> list[Prediction]:

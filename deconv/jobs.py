@@ -328,17 +328,13 @@ class Job:
 
     def fraction_done(self) -> float:
         """How much of all the training steps is done, 0 to 1."""
-        batch = self.latest("batch")
+        batch = self.newest("batch")
         if batch is None:
             return 0.0
         return ((batch["epoch"] - 1) * batch["batches"] + batch["batch"]) / (batch["epochs"] * batch["batches"])
 
-    def latest(self, kind: str) -> dict[str, Any] | None:
-        """The last event of a kind ("batch", "download", "status", "end", ...)."""
-        return self.newest(kind)
-
     def newest(self, *kinds: str) -> dict[str, Any] | None:
-        """The last event of any of these kinds."""
+        """The last event of any of these kinds ("batch", "download", "status", "end", ...)."""
         return next((e for e in reversed(self.events()) if e["event"] in kinds), None)
 
     def stderr_tail(self, lines: int = 5) -> str:
@@ -535,7 +531,7 @@ class JobManager:
                 if job.remote is not None and job.active:
                     self._follow_remote(job, now)
                 elif job.state in ("starting", "running") and job.proc is not None:
-                    if job.state == "starting" and job.latest("start"):
+                    if job.state == "starting" and job.newest("start"):
                         job.state = "running"
                     if job.proc.poll() is not None:
                         self._reap(job)
@@ -626,7 +622,7 @@ class JobManager:
         remote = job.remote
         if job.state == "queued" and remote.placed.is_set():
             job.state, job.started = "starting", now
-        if job.state == "starting" and job.latest("start"):
+        if job.state == "starting" and job.newest("start"):
             job.state = "running"
         if remote.ended.is_set():
             self._reap(job)
@@ -642,7 +638,7 @@ class JobManager:
             return
         if remote.run_dir is not None:  # the run came back, under this name or a free one next to it
             job.run_dir = remote.run_dir
-        end = job.latest("end")
+        end = job.newest("end")
         if end:
             self._end(job, end.get("status", "error"), end.get("message", ""))
         elif remote.error:
@@ -683,7 +679,7 @@ class JobManager:
             return
         assert job.proc is not None
         code = job.proc.returncode
-        end = job.latest("end")
+        end = job.newest("end")
         if end:
             self._end(job, end.get("status", "error"), end.get("message", ""))
         elif job.stop_requested:

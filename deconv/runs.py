@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from deconv.config import NUM_CLASSES, ModelConfig, TrainConfig
+from deconv.config import CIFAR10_LABELS, NUM_CLASSES, ModelConfig, TrainConfig
 from deconv.cost import describe
 
 RUNS_DIR_ENV = "DECONV_RUNS_DIR"
@@ -52,7 +52,6 @@ MODEL_MEMBERS = {"config.json": 1 << 20, "metadata.json": 1 << 16}  # what Keras
 WEIGHTS_MEMBER = "model.weights.h5"  # ... and the weights, capped by what the run's network can hold
 LEFTOVER_SECONDS = 15 * 60  # a hidden temporary folder older than this is a crashed save or import: swept
 CLASS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _-]{0,31}")  # label names shown to every visitor: plain words only
-STANDARD_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 class RunError(Exception):
@@ -102,7 +101,7 @@ class RunMeta:
     epochs_completed: int | None = None
     params: int | None = None
     flops: int | None = None
-    label_names: tuple[str, ...] = STANDARD_LABELS
+    label_names: tuple[str, ...] = CIFAR10_LABELS
     data: DataInfo = field(default_factory=DataInfo)
     seed: int | None = None
     val_accuracy: float | None = None
@@ -117,7 +116,7 @@ class RunMeta:
         """Check a parsed meta.json; RunError names the first field that is wrong."""
         if not isinstance(data, dict):
             raise RunError("meta.json has the wrong shape: it must be a JSON object")
-        labels = data.get("label_names", list(STANDARD_LABELS))
+        labels = data.get("label_names", list(CIFAR10_LABELS))
         if not (isinstance(labels, list) and len(labels) == NUM_CLASSES
                 and all(isinstance(v, str) and CLASS_NAME.fullmatch(v) for v in labels)):
             raise RunError(f"meta.json: label_names must be {NUM_CLASSES} plain class names (letters, digits, "

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+from deconv.config import CIFAR10_LABELS
+
+LABELS = list(CIFAR10_LABELS)
 
 
 def synthetic_images(labels: np.ndarray, seed: int) -> np.ndarray:

@@ -200,7 +200,7 @@ def test_a_runs_folder_that_cannot_be_written_still_shows_the_training_result(ap
 def test_stop_ends_training_early_and_keeps_the_model(app_env: Path, page) -> None:
     at = small_training(page("pages/train.py"), epochs=200)
     button(at, "Train").click().run()
-    wait_job(lambda job: job.latest("batch") is not None)
+    wait_job(lambda job: job.newest("batch") is not None)
     button(at, "Stop").click().run()
     wait_job(lambda job: not job.active, timeout=30)
     at.run()
@@ -306,7 +306,7 @@ def test_a_refreshed_page_finds_its_training_by_the_browsers_cookie_and_never_pu
     token, owner = at.session_state[state.TOKEN], at.session_state[state.OWNER]
     assert owner == owners.owner_key(token, owners.server_secret(app_env)) != token
     assert token not in str(at.query_params) and "client" not in at.query_params
-    wait_job(lambda job: job.latest("batch") is not None)
+    wait_job(lambda job: job.newest("batch") is not None)
     monkeypatch.setattr(state, "browser_cookie", lambda: token)  # a refresh: a new session, the same cookie
     again = AppTest.from_file(APP, default_timeout=120).run()
     again.switch_page("pages/train.py").run()

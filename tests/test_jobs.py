@@ -57,7 +57,7 @@ def test_a_job_trains_writes_progress_and_saves_a_run(manager: JobManager, tmp_p
     job = manager.submit("a", SMALL_MODEL, SMALL_TRAIN, tmp_path / "runs" / "r1")
     wait_for(lambda: not job.active)
     assert job.state == "finished", job.message
-    assert len(job.epochs()) == 2 and job.latest("end")["status"] == "finished" and job.fraction_done() == 1.0
+    assert len(job.epochs()) == 2 and job.newest("end")["status"] == "finished" and job.fraction_done() == 1.0
     info = runs.read_run(job.run_dir)
     assert info.model_config == SMALL_MODEL and len(info.history) == 2 and info.meta.owner == "a"
     assert runs.list_runs(tmp_path / "runs")[1] == []  # the jobs folder is not taken for a broken run
@@ -65,7 +65,7 @@ def test_a_job_trains_writes_progress_and_saves_a_run(manager: JobManager, tmp_p
 
 def test_stop_ends_a_running_job_and_keeps_the_model(manager: JobManager, tmp_path: Path) -> None:
     job = manager.submit("a", SMALL_MODEL, LONG_TRAIN, tmp_path / "runs" / "r1")
-    wait_for(lambda: job.latest("batch") is not None)
+    wait_for(lambda: job.newest("batch") is not None)
     manager.stop(job)
     asked = time.time()
     wait_for(lambda: not job.active, timeout=30)
@@ -77,7 +77,7 @@ def test_one_job_per_owner_and_a_capped_queue(manager: JobManager, tmp_path: Pat
     first = manager.submit("a", SMALL_MODEL, LONG_TRAIN, tmp_path / "runs" / "r1")
     assert manager.submit("a", SMALL_MODEL, LONG_TRAIN, tmp_path / "runs" / "r2") is first  # a second click
     second = manager.submit("b", SMALL_MODEL, SMALL_TRAIN, tmp_path / "runs" / "r3")
-    wait_for(lambda: first.latest("batch") is not None)
+    wait_for(lambda: first.newest("batch") is not None)
     assert second.state == "queued" and manager.queue_position(second) == 1 and len(manager.running()) == 1
     manager.stop(first)
     wait_for(lambda: second.state in ("starting", "running"), timeout=60)
@@ -99,7 +99,7 @@ def test_a_queued_job_can_be_cancelled(manager: JobManager, tmp_path: Path) -> N
 def test_a_job_whose_session_is_gone_is_stopped(manager: JobManager, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr("deconv.jobs.OWNER_GRACE_SECONDS", 0.5)
     job = manager.submit("a", SMALL_MODEL, LONG_TRAIN, tmp_path / "runs" / "r1")
-    wait_for(lambda: job.latest("batch") is not None)
+    wait_for(lambda: job.newest("batch") is not None)
     manager.alive["a"] = False
     wait_for(lambda: not job.active, timeout=30)
     assert job.state == "stopped" and manager.running() == []
@@ -118,7 +118,7 @@ def test_a_failing_job_reports_why_and_frees_the_slot(tmp_path: Path) -> None:
 
 def test_a_killed_trainer_is_reported_and_the_server_side_carries_on(manager: JobManager, tmp_path: Path) -> None:
     job = manager.submit("a", SMALL_MODEL, LONG_TRAIN, tmp_path / "runs" / "r1")
-    wait_for(lambda: job.latest("batch") is not None)
+    wait_for(lambda: job.newest("batch") is not None)
     job.proc.kill()  # what the kernel's out-of-memory killer does
     wait_for(lambda: not job.active, timeout=30)
     assert job.state == "error" and "out of memory" in job.message and manager.running() == []
@@ -139,9 +139,9 @@ jobs_dir, run_dir, model, train = sys.argv[1:]
 manager = JobManager(jobs_dir, max_jobs=2, poll_seconds=0.1)
 job = manager.submit("a", ModelConfig.from_dict(json.loads(model)), TrainConfig.from_dict(json.loads(train)), run_dir)
 deadline = time.time() + 180
-while job.active and job.latest("batch") is None and time.time() < deadline:
+while job.active and job.newest("batch") is None and time.time() < deadline:
     time.sleep(0.1)
-print(json.dumps({"batch": job.latest("batch") is not None, "trainer": job.proc.pid,
+print(json.dumps({"batch": job.newest("batch") is not None, "trainer": job.proc.pid,
                   "workers": [w.proc.pid for w in manager.workers]}), flush=True)
 time.sleep(600)
 """

@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from deconv import runs
-from deconv.config import ModelConfig, TrainConfig
+from deconv.config import CIFAR10_LABELS, ModelConfig, TrainConfig
 from deconv.jobs import JobManager, backend_address
 from deconv.samples import write_cifar
 
@@ -82,8 +82,8 @@ def test_two_owners_trainings_run_on_the_cluster_and_come_back_as_checked_runs(m
     for job, owner in ((a, "a"), (b, "b")):
         info = runs.read_run(job.run_dir)  # in the app's runs folder, as import_run checked and wrote it
         assert job.run_dir.parent == manager.jobs_dir.parent and info.meta.owner == owner and len(info.history) == 2
-        assert len(job.epochs()) == 2 and job.latest("batch") and job.fraction_done() == 1.0  # events reached the page
-        assert job.latest("end")["run_dir"] == str(job.run_dir) and job.remote.pid not in (0, os.getpid())
+        assert len(job.epochs()) == 2 and job.newest("batch") and job.fraction_done() == 1.0  # events reached the page
+        assert job.newest("end")["run_dir"] == str(job.run_dir) and job.remote.pid not in (0, os.getpid())
     assert [r.name for r in runs.list_runs(manager.jobs_dir.parent)[0]] != [] and runs.list_runs(
         manager.jobs_dir.parent)[1] == []
 
@@ -92,7 +92,7 @@ def test_stop_and_a_closed_tab_end_cluster_trainings_with_their_models_and_a_thi
         manager: JobManager, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("deconv.jobs.OWNER_GRACE_SECONDS", 0.5)
     a, b = submit(manager, "a", LONG_TRAIN), submit(manager, "b", LONG_TRAIN)
-    wait_for(lambda: a.latest("batch") is not None and b.latest("batch") is not None)
+    wait_for(lambda: a.newest("batch") is not None and b.newest("batch") is not None)
     c = submit(manager, "c", SMALL_TRAIN)  # both CPUs are taken: Ray cannot place it yet
     time.sleep(1.0)
     assert c.state == "queued" and manager.queue_position(c) == 1 and manager.estimated_start(c) > 0
@@ -108,7 +108,7 @@ def test_stop_and_a_closed_tab_end_cluster_trainings_with_their_models_and_a_thi
 
 def test_a_killed_worker_fails_only_its_own_job_with_a_clear_message(manager: JobManager) -> None:
     a, b = submit(manager, "a", LONG_TRAIN), submit(manager, "b", LONG_TRAIN)
-    wait_for(lambda: a.latest("batch") is not None and b.latest("batch") is not None)
+    wait_for(lambda: a.newest("batch") is not None and b.newest("batch") is not None)
     os.kill(a.remote.pid, signal.SIGKILL)  # the actor's process, as a node's out-of-memory killer would
     wait_for(lambda: not a.active, timeout=60)
     assert a.state == "error" and "Ray worker training this job" in a.message and "died" in a.message
@@ -201,7 +201,7 @@ def answer(*events, done: bool = True) -> dict:
     return {"events": list(events), "done": done, "failure": ""}
 
 
-START = {"event": "start", "epochs": 1, "batches": 2, "labels": list(runs.STANDARD_LABELS)}
+START = {"event": "start", "epochs": 1, "batches": 2, "labels": list(CIFAR10_LABELS)}
 BATCH = {"event": "batch", "epoch": 1, "epochs": 1, "batch": 1, "batches": 2, "loss": 2.0, "accuracy": 0.1}
 FINISHED = {"event": "end", "status": "finished", "message": "trained 1 epoch"}
 
@@ -261,7 +261,7 @@ def test_an_end_of_an_unknown_status_ends_the_job_as_an_error_and_frees_its_slot
     a = submit(scripted, "a", SMALL_TRAIN)
     wait_for(lambda: not a.active, timeout=30)
     assert a.state == "error" and "ended with a status this server does not know" in a.message
-    assert scripted.running() == [] and a.latest("batch") is not None
+    assert scripted.running() == [] and a.newest("batch") is not None
     b = submit(scripted, "b", SMALL_TRAIN)  # the slot is free
     wait_for(lambda: not b.active, timeout=30)
     assert b.state == "finished" and b.message == "trained 1 epoch"

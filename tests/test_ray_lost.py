@@ -24,7 +24,7 @@ def test_a_cluster_lost_mid_training_fails_its_job_and_the_next_training_runs_he
     try:
         assert manager.cluster is not None, manager.notice
         a = submit(manager, "a", LONG_TRAIN)
-        wait_for(lambda: a.latest("batch") is not None)
+        wait_for(lambda: a.newest("batch") is not None)
         doomed.close()  # the head node and every process of the cluster are gone
         wait_for(lambda: not a.active, timeout=120)
         assert a.state == "error" and f"the connection to the Ray cluster at {doomed.address} was lost" in a.message
