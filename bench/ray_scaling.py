@@ -34,7 +34,7 @@ RESULTS = Path(__file__).resolve().parent / "ray_scaling_results.json"
 def phases(job: object, submitted: float) -> dict[str, object]:
     """When a job waited, started training, ended training and was done, from its own events."""
     started, ended = job.started or submitted, job.ended or time.time()
-    begin, end = job.latest("start"), job.latest("end")
+    begin, end = job.newest("start"), job.newest("end")
     trained = end["time"] if end and "run_dir" in end else ended  # a Ray job's end is stamped on its node
     return {"state": job.state, "wait": round(started - submitted, 1), "run": round(ended - started, 1),
             "startup": round((begin["time"] if begin else started) - started, 1),

@@ -154,9 +154,9 @@ def first_batch(repeats: int) -> dict:
                     time.sleep(20)  # the warm worker has imported TensorFlow and compiled the default network
                     t = time.time()
                     job = manager.submit(f"bench{i}", config, TrainConfig(seed=i), Path(tmp) / f"{name}{i}")
-                    while job.active and not job.latest("batch"):
+                    while job.active and not job.newest("batch"):
                         time.sleep(0.02)
-                    batch = job.latest("batch")
+                    batch = job.newest("batch")
                     seconds[name].append(batch["time"] - t if batch else float("nan"))
                     manager.stop(job)
                     while job.active:

@@ -43,7 +43,7 @@ def start() -> None:
 
 def progress_block(job: Any) -> None:
     """Progress bar with what the trainer does now: loading, compiling, training (speed, time left), checking."""
-    latest, batch = job.newest("batch", "status", "download"), job.latest("batch")
+    latest, batch = job.newest("batch", "status", "download"), job.newest("batch")
     done = job.fraction_done()
     if job.stop_requested:
         where = f" (epoch {batch['epoch']}, batch {batch['batch']})" if batch else ""
@@ -74,7 +74,7 @@ def curves(job: Any) -> None:
 def live_confusion(job: Any) -> None:
     """The validation confusion matrix and per-class accuracy of the latest epoch, while training runs."""
     epoch = next((e for e in reversed(job.epochs()) if "val_confusion" in e), None)
-    start = job.latest("start") or {}
+    start = job.newest("start") or {}
     if epoch is None or "labels" not in start:
         return
     confusion.confusion_charts(np.asarray(epoch["val_confusion"]), start["labels"], f" after epoch {epoch['epoch']} of "
