@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import heapq
 import json
+import logging
 import math
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -39,6 +39,8 @@ from deconv.config import ModelConfig, TrainConfig
 from deconv.cost import classify_work, describe
 from deconv.experiment import Experiment
 from deconv.lifeline import Lifeline, spawn
+
+log = logging.getLogger(__name__)  # diagnostics for the operator's log
 
 MAX_JOBS_ENV = "DECONV_MAX_JOBS"
 MAX_QUEUE_ENV = "DECONV_MAX_QUEUE"
@@ -516,7 +518,7 @@ class JobManager:
             try:
                 self.poll()
             except OSError as e:  # a process or file that vanished: report it, keep watching the others
-                print(f"deconv jobs: {e}", file=sys.stderr)
+                log.warning("%s", e)
 
     def poll(self) -> None:
         """Reap ended processes, stop jobs whose session is gone, start queued jobs in free slots."""
@@ -597,7 +599,7 @@ class JobManager:
 
     def _fall_back(self, reason: str) -> None:
         """Train on this server from now on, and say why (the notice, and each such job's messages)."""
-        print(f"deconv jobs: {reason}; trainings run on this server", file=sys.stderr)
+        log.warning("%s; trainings run on this server", reason)
         self.notice = reason
         if self.cluster is not None:  # kept until shutdown: jobs it runs still end through it, with an error
             self._lost_clusters.append(self.cluster)
@@ -655,7 +657,7 @@ class JobManager:
             try:
                 os.utime(job.dir)
             except OSError as e:
-                print(f"deconv jobs: cannot mark {job.dir} as in use: {e.strerror or e}", file=sys.stderr)
+                log.warning("cannot mark %s as in use: %s", job.dir, e.strerror or e)
 
     def _owner_alive(self, owner: str) -> bool:
         """Whether any browser session of the owner is open; closed ones are forgotten."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -60,8 +61,8 @@ def watch_lifeline() -> None:
         fd = int(text)
         os.fstat(fd)
     except (ValueError, OSError):
-        print(f"warning: {LIFELINE_ENV}={text!r} is not an open file descriptor; this process will not end with "
-              "the server", file=sys.stderr)
+        logging.getLogger(__name__).warning("%s=%r is not an open file descriptor; this process will not end with "
+                                            "the server", LIFELINE_ENV, text)
         return
     threading.Thread(target=_end_with_server, args=(fd,), name="deconv-lifeline", daemon=True).start()
 
@@ -72,7 +73,7 @@ def _end_with_server(fd: int) -> None:
         while os.read(fd, 1):  # the server never writes: any data is ignored, b"" is end-of-file
             pass
     except OSError as e:  # the descriptor was closed under us: the server's state is unknown, so keep running
-        print(f"warning: lost the lifeline to the server ({e}); this process will not end with it", file=sys.stderr)
+        logging.getLogger(__name__).warning("lost the lifeline to the server (%s); this process will not end with it", e)
         return
     if os.getpgrp() == os.getpid():  # a group of our own (start_new_session): take any helper processes along
         os.killpg(os.getpgrp(), signal.SIGKILL)

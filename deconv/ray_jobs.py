@@ -352,7 +352,7 @@ class RemoteTraining:
         try:
             ray.kill(self._actor)
         except (ConnectionError, ValueError, RuntimeError, RayError) as e:  # gone already, or the connection is
-            print(f"deconv jobs: could not end a Ray actor: {first_line(e)}", file=sys.stderr)
+            logging.getLogger(__name__).warning("could not end a Ray actor: %s", first_line(e))
 
     def _run(self) -> None:
         """Start the actor, wait while Ray queues it, follow its events, bring its run back."""
